@@ -1,0 +1,113 @@
+"""TrainConfig: every training choice as a plain field; YAML sets it, flags override it."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_DATA = "../shared/data/fer2013.csv.gz"
+
+
+@dataclass
+class TrainConfig:
+    # run
+    name: str = ""  # run directory name under `out`; "" = <model>-<timestamp>
+    out: str = "runs"  # parent folder of run directories
+    seed: int = 0  # seeds weights, shuffling and augmentation
+    device: str = "auto"  # auto (cuda if present, else cpu), cpu, cuda, cuda:1
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    bf16: bool = False  # bf16 autocast; 10x *slower* on AVX2-only CPUs, faster on GPUs/AVX-512
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and GPU
+    # data
+    data: str = DEFAULT_DATA  # FER-2013 CSV(.gz), per-image release, or <root>/<label>/ folder
+    split: str = "official"  # official (Training/PublicTest/PrivateTest) or stratified 80/10/10
+    subset: float = 1.0  # stratified fraction of the training split, to scale studies down
+    ignore_unknown: bool = False  # skip unknown class folders instead of failing
+    # model
+    model: str = "vgg19"  # a name from ferlab.list_models()
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden: 512, dropout: 0.5}
+    pretrained: str = ""  # vgg19 only: path to torchvision ImageNet weights, or "imagenet"
+    frozen_blocks: int = 0  # vgg19 only: convolutional blocks (0..5) kept frozen
+    # optimisation (defaults = the report's optimal settings)
+    epochs: int = 100  # upper bound; early stopping usually ends sooner
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam, adamw, sgd
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"  # plateau (on val loss), cosine, onecycle, none
+    plateau_factor: float = 0.5
+    plateau_patience: int = 7  # epochs without val-loss improvement before lr *= factor
+    min_lr: float = 1e-7
+    warmup_epochs: float = 0.3  # onecycle only: fraction of epochs spent warming up if < 1
+    early_stopping: int = 15  # epochs without improvement of `monitor`; 0 = off
+    monitor: str = "val_loss"  # val_loss or val_acc: picks best.pt and drives early stopping
+    loss: str = "ce"  # ce (categorical cross-entropy) or focal
+    focal_gamma: float = 2.0
+    focal_alpha: list[float] | None = None  # per-class weights for focal loss, EMOTIONS order
+    label_smoothing: float = 0.0  # ce only
+    # preprocessing and augmentation
+    normalize: str = "minmax"  # minmax ([0, 1]), none (raw 0..255), standardize (train mean/std)
+    augment: bool = True  # master switch for the augmentations below
+    hflip: float = 0.5  # probability of a horizontal flip
+    rotate: float = 10.0  # degrees, +/-
+    shift: float = 0.1  # fraction of the image, +/- in x and y
+    shear: float = 10.0  # degrees, +/-
+    zoom: float = 0.1  # +/- fraction of the scale
+    erase: float = 0.0  # probability of random erasing
+    eval_batch_size: int = 512
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}"
+            )
+        cfg = cls(**values)
+        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+        values: dict[str, Any] = {}
+        if path:
+            loaded = yaml.safe_load(Path(path).read_text())
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping of config keys")
+            values.update(loaded or {})
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse ``key=value`` with the value typed as the field's type (YAML syntax)."""
+    if "=" not in item:
+        raise ValueError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    hints = typing.get_type_hints(TrainConfig)
+    if key not in hints:
+        raise ValueError(f"unknown config key {key!r}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if hints[key] is str:
+        value = raw  # keep "1e-4"-like or numeric-looking names as strings
+    elif hints[key] is float and isinstance(value, int):
+        value = float(value)
+    return key, value

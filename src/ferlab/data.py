@@ -1,0 +1,299 @@
+"""FER-2013 and image-folder datasets, held in memory as one uint8 array.
+
+Every loader returns a :class:`FaceData`: ``images`` ``(N, 48, 48)`` uint8, ``labels``
+``(N,)`` int64 in :data:`EMOTIONS` order, and ``usage`` ``(N,)`` strings naming the
+official split of each row ("" when the source has none).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+SIZE = 48
+USAGES = ("Training", "PublicTest", "PrivateTest")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SYNONYMS = {
+    "anger": "angry",
+    "angry": "angry",
+    "disgust": "disgust",
+    "disgusted": "disgust",
+    "fear": "fear",
+    "fearful": "fear",
+    "scared": "fear",
+    "happy": "happy",
+    "happiness": "happy",
+    "joy": "happy",
+    "sad": "sad",
+    "sadness": "sad",
+    "surprise": "surprise",
+    "surprised": "surprise",
+    "neutral": "neutral",
+    "contempt": "",  # AffectNet/CK+ class with no FER-2013 counterpart: unknown
+}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, row or path and what was expected."""
+
+
+@dataclass
+class FaceData:
+    images: np.ndarray  # (N, 48, 48) uint8
+    labels: np.ndarray  # (N,) int64, index into EMOTIONS
+    usage: np.ndarray  # (N,) str: Training / PublicTest / PrivateTest, or "" if unknown
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> FaceData:
+        return FaceData(self.images[index], self.labels[index], self.usage[index], self.source)
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(EMOTIONS))
+
+
+def label_index(name: str) -> int | None:
+    """Map a folder name (any case, common synonyms) to an EMOTIONS index, or None."""
+    canonical = SYNONYMS.get(name.strip().lower(), None)
+    return EMOTIONS.index(canonical) if canonical else None
+
+
+# ---------------------------------------------------------------- FER-2013 CSV
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FERLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ferlab"
+    )
+    return Path(root)
+
+
+def _cache_path(path: Path) -> Path:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v1"
+    return _cache_dir() / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse_pixels(text: str, where: str) -> np.ndarray:
+    try:
+        values = np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        raise DataError(f"{where}: 'pixels' must be 2304 integers in 0..255") from None
+    if values.size != SIZE * SIZE:
+        raise DataError(f"{where}: 'pixels' has {values.size} values, expected 2304 (48x48)")
+    if values.min() < 0 or values.max() > 255:
+        raise DataError(f"{where}: 'pixels' has values outside 0..255")
+    return values.astype(np.uint8).reshape(SIZE, SIZE)
+
+
+def _parse_csv(path: Path) -> FaceData:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="") as f:  # type: ignore[operator]
+            reader = csv.DictReader(f)
+            missing = {"emotion", "pixels"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(sorted(missing))}; "
+                    "expected header emotion,pixels,Usage"
+                )
+            images, labels, usage = [], [], []
+            for row_no, row in enumerate(reader, start=2):  # row 1 is the header
+                where = f"{path}, row {row_no}"
+                try:
+                    label = int(row["emotion"])
+                except (TypeError, ValueError):
+                    label = -1
+                if not 0 <= label < len(EMOTIONS):
+                    raise DataError(f"{where}: 'emotion' is {row['emotion']!r}, expected 0..6")
+                images.append(_parse_pixels(row["pixels"] or "", where))
+                labels.append(label)
+                usage.append((row.get("Usage") or "").strip())
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read as a FER-2013 CSV ({e})") from None
+    if not images:
+        raise DataError(f"{path}: no data rows")
+    bad = sorted(set(usage) - {*USAGES, ""})
+    if bad:
+        raise DataError(f"{path}: unknown Usage value(s) {bad}; expected one of {list(USAGES)}")
+    return FaceData(
+        np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(path)
+    )
+
+
+def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
+    """Load the canonical FER-2013 CSV (plain or gzip); parsed arrays are cached on disk."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    cache_file = _cache_path(path) if cache else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                return FaceData(z["images"], z["labels"], z["usage"], str(path))
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring unreadable cache %s", cache_file)
+    data = _parse_csv(path)
+    if cache_file is not None:
+        buf = io.BytesIO()
+        np.savez(buf, images=data.images, labels=data.labels, usage=data.usage)
+        try:
+            atomic_write_bytes(cache_file, buf.getvalue())
+        except OSError as e:  # a read-only home must not stop training
+            log.warning("could not write cache %s: %s", cache_file, e)
+    return data
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def read_image(path: Path, size: int = SIZE) -> np.ndarray:
+    """Read any image as a ``size`` x ``size`` uint8 grayscale array (centre square crop)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            w, h = im.size
+            s = min(w, h)
+            if w != h:
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            if s != size:
+                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def _usage_from_name(name: str, default: str) -> str:
+    for u in USAGES:
+        if name.startswith(u + "_"):
+            return u
+    return default
+
+
+def _iter_class_dirs(root: Path, ignore_unknown: bool) -> Iterator[tuple[Path, int]]:
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [d.name for d in dirs if label_index(d.name) is None]
+    if unknown and not ignore_unknown:
+        raise DataError(
+            f"{root}: unknown class folder(s) {unknown}; expected names among "
+            f"{sorted(k for k, v in SYNONYMS.items() if v)} (or pass --ignore-unknown)"
+        )
+    for d in dirs:
+        idx = label_index(d.name)
+        if idx is not None:
+            yield d, idx
+
+
+def load_image_folder(
+    root: str | Path, ignore_unknown: bool = False, default_usage: str = ""
+) -> FaceData:
+    """Load ``root/<label>/*.{jpg,jpeg,png,bmp}``; usage from FER-2013 file-name prefixes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    images, labels, usage = [], [], []
+    for d, idx in _iter_class_dirs(root, ignore_unknown):
+        for f in sorted(d.rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                images.append(read_image(f))
+                labels.append(idx)
+                usage.append(_usage_from_name(f.name, default_usage))
+    if not images:
+        raise DataError(f"{root}: no images found; expected <label>/*.jpg|jpeg|png|bmp")
+    return FaceData(
+        np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(root)
+    )
+
+
+def load_dataset(path: str | Path, ignore_unknown: bool = False) -> FaceData:
+    """Load FER-2013 CSV(.gz), the per-image release (train/, test/), or a labelled folder."""
+    path = Path(path)
+    if path.is_file():
+        return load_fer2013_csv(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    parts = [path / "train", path / "test"]
+    if all(p.is_dir() for p in parts):  # the per-image FER-2013 release
+        train = load_image_folder(parts[0], ignore_unknown, default_usage="Training")
+        test = load_image_folder(parts[1], ignore_unknown, default_usage="PublicTest")
+        return FaceData(
+            np.concatenate([train.images, test.images]),
+            np.concatenate([train.labels, test.labels]),
+            np.concatenate([train.usage, test.usage]),
+            str(path),
+        )
+    return load_image_folder(path, ignore_unknown)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def split_dataset(data: FaceData, split: str = "official", seed: int = 0) -> dict[str, FaceData]:
+    """Return ``{"train", "val", "test"}``.
+
+    ``official``: Training / PublicTest / PrivateTest. ``stratified``: the report's 80/10/10
+    stratified hold-out over all rows, reproducible for a given seed.
+    """
+    if split == "official":
+        if not (data.usage == "Training").any() or not (data.usage == "PublicTest").any():
+            raise DataError(
+                f"{data.source}: split 'official' needs Training and PublicTest rows; "
+                "use split 'stratified' for data without FER-2013 usage"
+            )
+        names = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+        return {k: data.subset(np.flatnonzero(data.usage == u)) for k, u in names.items()}
+    if split == "stratified":
+        from sklearn.model_selection import train_test_split
+
+        index = np.arange(len(data))
+        counts = data.counts()
+        strat = data.labels if counts[counts > 0].min() >= 10 else None
+        train, rest = train_test_split(index, test_size=0.2, random_state=seed, stratify=strat)
+        strat_rest = data.labels[rest] if strat is not None else None
+        val, test = train_test_split(rest, test_size=0.5, random_state=seed, stratify=strat_rest)
+        return {"train": data.subset(train), "val": data.subset(val), "test": data.subset(test)}
+    raise ValueError(f"unknown split {split!r}; expected 'official' or 'stratified'")
+
+
+def stratified_subset(data: FaceData, fraction: float, seed: int = 0) -> FaceData:
+    """A reproducible class-stratified fraction of ``data`` (used to scale studies down)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(len(EMOTIONS)):
+        idx = np.flatnonzero(data.labels == c)
+        n = max(1, round(len(idx) * fraction)) if len(idx) else 0
+        keep.append(rng.permutation(idx)[:n])
+    return data.subset(np.sort(np.concatenate(keep)))

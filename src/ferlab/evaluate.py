@@ -1,0 +1,178 @@
+"""Metrics: accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import EMOTIONS, atomic_write_bytes
+from .transforms import to_input
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: dict,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    tta: str = "none",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Float32 logits ``(N, 7)`` for uint8 faces ``(N, 48, 48)``, in batches, on CPU.
+
+    ``tta="flip"`` averages the log-probabilities of each face and its mirror.
+    """
+    if tta not in ("none", "flip"):
+        raise ValueError(f"unknown tta {tta!r}; expected 'none' or 'flip'")
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_input(images[i : i + batch_size].to(device), spec)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        if tta == "flip":
+            flipped = model(x.flip(-1)).float()
+            logits = (F.log_softmax(logits, 1) + F.log_softmax(flipped, 1)) / 2
+        out.append(logits.cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, len(EMOTIONS))
+
+
+@dataclass
+class Metrics:
+    accuracy: float
+    macro_f1: float
+    precision: list[float]  # per class, EMOTIONS order
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    confusion: list[list[int]]  # rows = true class, columns = predicted class
+    loss: float | None = None
+
+    @classmethod
+    def from_predictions(
+        cls, y_true: np.ndarray, y_pred: np.ndarray, loss: float | None = None
+    ) -> Metrics:
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+        labels = list(range(len(EMOTIONS)))
+        p, r, f, s = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0
+        )
+        present = s > 0  # macro-F1 over the classes that occur, as sklearn's default would
+        return cls(
+            accuracy=float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+            macro_f1=float(np.mean(f[present])) if present.any() else 0.0,
+            precision=[float(v) for v in p],
+            recall=[float(v) for v in r],
+            f1=[float(v) for v in f],
+            support=[int(v) for v in s],
+            confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+            loss=loss,
+        )
+
+    def normalized_confusion(self) -> np.ndarray:
+        cm = np.asarray(self.confusion, dtype=np.float64)
+        return cm / np.maximum(cm.sum(1, keepdims=True), 1)
+
+    def to_dict(self) -> dict:
+        per_class = {
+            name: {
+                "precision": self.precision[i],
+                "recall": self.recall[i],
+                "f1": self.f1[i],
+                "support": self.support[i],
+            }
+            for i, name in enumerate(EMOTIONS)
+        }
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "loss": self.loss,
+            "per_class": per_class,
+            "confusion": self.confusion,
+            "classes": list(EMOTIONS),
+        }
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for i, name in enumerate(EMOTIONS):
+            w.writerow([name, *(f"{v:.4f}" for v in (self.precision[i], self.recall[i],
+                                                    self.f1[i])), self.support[i]])  # fmt: skip
+        w.writerow(["macro", "", "", f"{self.macro_f1:.4f}", sum(self.support)])
+        w.writerow(["accuracy", "", "", f"{self.accuracy:.4f}", sum(self.support)])
+        return buf.getvalue()
+
+    def to_markdown(self, title: str = "Evaluation") -> str:
+        lines = [f"# {title}", "", f"- accuracy: **{self.accuracy:.2%}**",
+                 f"- macro-F1: {self.macro_f1:.4f}", f"- faces: {sum(self.support)}", "",
+                 "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]  # fmt: skip
+        for i, name in enumerate(EMOTIONS):
+            lines.append(
+                f"| {name} | {self.precision[i]:.4f} | {self.recall[i]:.4f} | "
+                f"{self.f1[i]:.4f} | {self.support[i]} |"
+            )
+        lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+                  "| true \\ pred | " + " | ".join(EMOTIONS) + " |",
+                  "|---" * (len(EMOTIONS) + 1) + "|"]  # fmt: skip
+        for i, name in enumerate(EMOTIONS):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in self.confusion[i]) + " |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path, formats: tuple[str, ...] = ("json", "csv", "md"),
+             title: str = "Evaluation") -> list[Path]:  # fmt: skip
+        """Write metrics.{json,csv,md} and confusion.png atomically under ``out_dir``."""
+        from .plots import confusion_figure, save_figure
+
+        out = Path(out_dir)
+        written = []
+        for fmt in formats:
+            if fmt == "json":
+                text = json.dumps(self.to_dict(), indent=2)
+            elif fmt == "csv":
+                text = self.to_csv()
+            elif fmt == "md":
+                text = self.to_markdown(title)
+            else:
+                raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
+            atomic_write_bytes(out / f"metrics.{fmt}", text.encode())
+            written.append(out / f"metrics.{fmt}")
+        written.append(save_figure(confusion_figure(self), out / "confusion.png"))
+        return written
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
+    loss = float(F.cross_entropy(logits, labels)) if len(labels) else None
+    return Metrics.from_predictions(labels.numpy(), logits.argmax(1).numpy(), loss)
+
+
+SPLIT_ALIASES = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+
+
+def evaluate_split(classifier, data_path: str, split: str = "PublicTest",
+                   split_mode: str = "official", tta: str = "none", seed: int = 0) -> Metrics:  # fmt: skip
+    """Evaluate a :class:`~ferlab.classifier.Classifier` on one split of a dataset."""
+    from .data import load_dataset, split_dataset
+
+    key = SPLIT_ALIASES.get(split, split)
+    if key not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
+    part = split_dataset(load_dataset(data_path), split_mode, seed)[key]
+    logits = predict_logits(classifier.model, torch.from_numpy(part.images),
+                            classifier.preprocess, classifier.device, tta=tta)  # fmt: skip
+    if tta == "flip":  # logits are averaged log-probs; loss stays meaningful
+        pass
+    return evaluate_logits(logits, torch.from_numpy(part.labels))

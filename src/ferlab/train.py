@@ -1,0 +1,253 @@
+"""train(cfg) -> run_dir: data, model, optimiser, optional resume, then epochs.
+
+A run directory holds config.yaml, metrics.csv (one row per epoch), last.pt, best.pt and
+curves.png. ``train(cfg, resume=run_dir)`` continues from last.pt with the optimiser,
+scheduler, early-stopping and RNG states restored, so the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import EMOTIONS, atomic_write_bytes, load_dataset, split_dataset, stratified_subset
+from .evaluate import evaluate_logits, predict_logits
+from .losses import create_loss
+from .models import create_model
+from .transforms import Augment, preprocess_spec, scale, to_float
+
+log = logging.getLogger(__name__)
+FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+          "images_per_s"]  # fmt: skip
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_splits(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """uint8 images and int64 labels for train and val, as tensors (CPU)."""
+    splits = split_dataset(load_dataset(cfg.data, cfg.ignore_unknown), cfg.split, cfg.seed)
+    train = stratified_subset(splits["train"], cfg.subset, cfg.seed)
+    return {
+        "train_x": torch.from_numpy(train.images), "train_y": torch.from_numpy(train.labels),
+        "val_x": torch.from_numpy(splits["val"].images),
+        "val_y": torch.from_numpy(splits["val"].labels),
+    }  # fmt: skip
+
+
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    kw = dict(cfg.model_kwargs)
+    if cfg.pretrained or cfg.frozen_blocks:
+        if cfg.model != "vgg19":
+            raise ValueError(f"pretrained/frozen_blocks apply to vgg19, not {cfg.model!r}")
+        kw.update(pretrained=cfg.pretrained or None, frozen_blocks=cfg.frozen_blocks)
+    return kw
+
+
+def create_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)  # fmt: skip
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam, adamw or sgd")
+
+
+def create_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns (scheduler, steps per batch?). Plateau steps once per epoch on val loss."""
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, "min", cfg.plateau_factor, cfg.plateau_patience, min_lr=cfg.min_lr)  # fmt: skip
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr)  # fmt: skip
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_epochs)  # fmt: skip
+    if cfg.scheduler == "none":
+        return None
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; expected plateau, cosine, onecycle, none")
+
+
+def batch_sizes(n: int, batch_size: int) -> int:
+    # A last batch of one sample would break batch norm in train mode: drop it.
+    return n // batch_size + (1 if n % batch_size > 1 else 0)
+
+
+def train_one_epoch(model, data, optimizer, scheduler, loss_fn, augment, spec, cfg, device,
+                    generator, desc="") -> dict[str, float]:  # fmt: skip
+    model.train()
+    x_all, y_all = data["train_x"], data["train_y"]
+    n = len(y_all)
+    perm = torch.randperm(n, generator=generator)
+    steps = batch_sizes(n, cfg.batch_size)
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(range(steps), desc=desc, leave=False, unit="batch", mininterval=1.0,
+               disable=not log.isEnabledFor(logging.INFO))  # fmt: skip
+    for step in bar:
+        idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x = to_float(x_all[idx].to(device, non_blocking=True))
+        y = y_all[idx].to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x, generator)
+        x = scale(x, spec)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None and cfg.scheduler in ("cosine", "onecycle"):
+            scheduler.step()
+        # accumulate on device: .item() per batch would be a sync point on GPU
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if step % 20 == 0:
+            bar.set_postfix(img_s=f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+    bar.close()
+    return {"train_loss": float(total_loss) / seen, "train_acc": float(correct) / seen}
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    lines = [",".join(FIELDS)] + [",".join(str(r[k]) for k in FIELDS) for r in rows]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.out) / name
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
+    """Train a model as ``cfg`` says and return its run directory."""
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        cfg = TrainConfig.from_dict(ckpt["config"])
+    else:
+        run_dir = _run_dir(cfg)
+        if (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it or pick a new name")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    data = load_splits(cfg)
+    spec = preprocess_spec(cfg.normalize, data["train_x"])
+    if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
+        data = {k: v.to(device) for k, v in data.items()}
+    kwargs = model_kwargs(cfg)
+    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps = batch_sizes(len(data["train_y"]), cfg.batch_size)
+    optimizer = create_optimizer(cfg, model)
+    scheduler = create_scheduler(cfg, optimizer, steps)
+    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing).to(device)
+    augment = (Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
+               if cfg.augment else None)  # fmt: skip
+    sign = -1.0 if cfg.monitor == "val_loss" else 1.0
+    if cfg.monitor not in ("val_loss", "val_acc"):
+        raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
+    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False}
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        generator.set_state(ckpt["rng"]["generator"])
+        rows = [r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1]
+        log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 1)
+    else:
+        atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        if state["stopped"]:
+            break
+        t0 = time.perf_counter()
+        stats = train_one_epoch(model, data, optimizer, scheduler, loss_fn, augment, spec, cfg,
+                                device, generator, desc=f"epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+        seconds = time.perf_counter() - t0
+        logits = predict_logits(model, data["val_x"], spec, device, cfg.eval_batch_size,
+                                channels_last=cfg.channels_last)  # fmt: skip
+        val = evaluate_logits(logits, data["val_y"].cpu())
+        lr = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val.loss)
+        row = {"epoch": epoch + 1, "lr": f"{lr:.3g}", "train_loss": f"{stats['train_loss']:.5f}",
+               "train_acc": f"{stats['train_acc']:.5f}", "val_loss": f"{val.loss:.5f}",
+               "val_acc": f"{val.accuracy:.5f}", "seconds": f"{seconds:.1f}",
+               "images_per_s": f"{len(data['train_y']) / seconds:.1f}"}  # fmt: skip
+        rows.append(row)
+        score = sign * (val.loss if cfg.monitor == "val_loss" else val.accuracy)
+        improved = score > state["best"]
+        if improved:
+            state.update(best=score, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["stopped"] = bool(cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping)
+        _write_rows(run_dir / "metrics.csv", rows)
+        save_checkpoint({
+            "model_name": cfg.model, "model_kwargs": {k: v for k, v in kwargs.items()
+                                                      if k not in ("pretrained", "frozen_blocks")},
+            "classes": list(EMOTIONS), "preprocess": spec, "config": cfg.to_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "state": dict(state), "metrics": {"val_acc": val.accuracy, "val_loss": val.loss},
+            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
+        }, run_dir / "last.pt")  # fmt: skip
+        if improved:
+            copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
+        log.info("epoch %d/%d  lr %s  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.0fs "
+                 "(%.0f img/s)%s", epoch + 1, cfg.epochs, row["lr"], stats["train_loss"],
+                 stats["train_acc"], val.loss, val.accuracy, seconds,
+                 len(data["train_y"]) / seconds, "  *" if improved else "")  # fmt: skip
+        if state["stopped"]:
+            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor,
+                     cfg.early_stopping)  # fmt: skip
+    _save_curves(run_dir, rows)
+    return run_dir
+
+
+def _save_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        from .plots import curves_figure, save_figure
+
+        save_figure(curves_figure(rows), run_dir / "curves.png")

@@ -1,0 +1,108 @@
+"""Preprocessing and batched augmentation on tensors, on the device the model runs on.
+
+Faces arrive as uint8 ``(N, 48, 48)``. :func:`to_input` turns them into model input
+``(N, 1, 48, 48)`` with the checkpoint's normalisation; :class:`Augment` applies random
+flip, rotation, shift, shear, zoom and erasing to a whole batch at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+NORMALIZATIONS = ("minmax", "none", "standardize")
+
+
+def preprocess_spec(normalize: str, images: torch.Tensor | None = None) -> dict:
+    """The preprocessing stored with a model; ``standardize`` takes mean/std from ``images``."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; expected one of {NORMALIZATIONS}")
+    mean, std = 0.0, 1.0
+    if normalize == "standardize":
+        if images is None:
+            raise ValueError("standardize needs training images to compute mean and std")
+        x = images.float() / 255
+        mean, std = float(x.mean()), float(x.std())
+    return {"size": 48, "channels": 1, "normalize": normalize, "mean": mean, "std": std}
+
+
+def scale(x01: torch.Tensor, spec: dict) -> torch.Tensor:
+    """Map [0, 1] images to the model's input range."""
+    if spec["normalize"] == "none":
+        return x01 * 255  # the report's "without normalisation" ablation: raw 0..255
+    if spec["normalize"] == "standardize":
+        return (x01 - spec["mean"]) / spec["std"]
+    return x01
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` to float ``(N, 1, H, W)`` in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255)
+
+
+def to_input(images: torch.Tensor, spec: dict) -> torch.Tensor:
+    return scale(to_float(images), spec)
+
+
+@dataclass
+class Augment:
+    """Random affine + erasing for a batch, parameters drawn from ``generator``.
+
+    Ranges follow Keras' ImageDataGenerator used in the report: ``rotate`` and ``shear`` in
+    degrees, ``shift`` as a fraction of the size, ``zoom`` as +/- fraction of the scale.
+    """
+
+    hflip: float = 0.5
+    rotate: float = 10.0
+    shift: float = 0.1
+    shear: float = 10.0
+    zoom: float = 0.1
+    erase: float = 0.0  # probability of erasing one random rectangle (2-20% of the area)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+        flip = torch.where(torch.rand(n, generator=generator) < self.hflip, -1.0, 1.0)
+        angle = uniform(-self.rotate, self.rotate) * math.pi / 180
+        shear = uniform(-self.shear, self.shear) * math.pi / 180
+        zoom = uniform(1 - self.zoom, 1 + self.zoom)
+        tx, ty = uniform(-self.shift, self.shift) * 2, uniform(-self.shift, self.shift) * 2
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # theta maps output coords to input coords: R(angle) @ Shear @ diag(flip, 1) / zoom
+        a = (cos * flip) / zoom
+        b = (-sin + cos * torch.tan(shear)) / zoom
+        c = (sin * flip) / zoom
+        d = (cos + sin * torch.tan(shear)) / zoom
+        theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)
+        theta = theta.to(device=x.device, dtype=x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.erase > 0:
+            out = self._erase(out, generator)
+        return out
+
+    def _erase(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        area = torch.rand(n, generator=generator) * 0.18 + 0.02
+        aspect = torch.exp((torch.rand(n, generator=generator) - 0.5) * 2 * math.log(3))
+        eh = (torch.sqrt(area * aspect) * h).clamp(1, h)
+        ew = (torch.sqrt(area / aspect) * w).clamp(1, w)
+        y0 = torch.rand(n, generator=generator) * (h - eh)
+        x0 = torch.rand(n, generator=generator) * (w - ew)
+        on = torch.rand(n, generator=generator) < self.erase
+        fill = torch.rand(n, generator=generator)
+        ys = torch.arange(h).view(1, h, 1)
+        xs = torch.arange(w).view(1, 1, w)
+        mask = (
+            (ys >= y0.view(-1, 1, 1)) & (ys < (y0 + eh).view(-1, 1, 1))
+            & (xs >= x0.view(-1, 1, 1)) & (xs < (x0 + ew).view(-1, 1, 1))
+            & on.view(-1, 1, 1)
+        )  # fmt: skip
+        mask = mask.unsqueeze(1).to(x.device)
+        return torch.where(mask, fill.view(-1, 1, 1, 1).to(x.device, x.dtype), x)
