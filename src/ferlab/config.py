@@ -66,12 +66,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        values = dict(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
                 f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}"
             )
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            # YAML 1.1 reads "1e-4" as a string and "5" for a float field as an int
+            if hints[key] is float and isinstance(value, str | int) and not isinstance(value, bool):
+                try:
+                    values[key] = float(value)
+                except ValueError:
+                    raise ValueError(f"config {key}: expected a number, got {value!r}") from None
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
         return cfg
@@ -105,9 +114,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     hints = typing.get_type_hints(TrainConfig)
     if key not in hints:
         raise ValueError(f"unknown config key {key!r}")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    if hints[key] is str:
-        value = raw  # keep "1e-4"-like or numeric-looking names as strings
-    elif hints[key] is float and isinstance(value, int):
-        value = float(value)
-    return key, value
+    kind = hints[key]
+    try:
+        if kind is str:
+            return key, raw  # keep numeric-looking names as strings
+        if kind in (int, float):
+            return key, kind(raw)  # float("1e-4") works; YAML 1.1 would read it as a string
+        return key, yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError):
+        raise ValueError(f"--set {key}: cannot read {raw!r} as {kind}") from None

@@ -216,7 +216,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                "images_per_s": f"{len(data['train_y']) / seconds:.1f}"}  # fmt: skip
         rows.append(row)
         score = sign * (val.loss if cfg.monitor == "val_loss" else val.accuracy)
-        improved = score > state["best"]
+        # relative threshold as ReduceLROnPlateau's default: noise-level gains do not count
+        improved = state["best_epoch"] < 0 or score > state["best"] + 1e-4 * abs(state["best"])
         if improved:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
         else:

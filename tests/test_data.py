@@ -1,0 +1,168 @@
+import gzip
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import save_image, synthetic_rows, write_csv
+
+from ferlab.data import (
+    EMOTIONS,
+    DataError,
+    load_dataset,
+    load_fer2013_csv,
+    split_dataset,
+    stratified_subset,
+)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_emotions_order():
+    assert EMOTIONS == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def test_csv_splits_labels_and_pixels(tiny_csv):
+    rows = synthetic_rows()
+    data = load_dataset(tiny_csv)
+    assert data.images.shape == (42, 48, 48) and data.images.dtype == np.uint8
+    assert data.labels.tolist() == [r[0] for r in rows]
+    np.testing.assert_array_equal(data.images[5], rows[5][1])
+    splits = split_dataset(data, "official")
+    for key, usage in (("train", "Training"), ("val", "PublicTest"), ("test", "PrivateTest")):
+        assert len(splits[key]) == 14
+        assert set(splits[key].usage) == {usage}
+        assert splits[key].counts().tolist() == [2] * 7
+
+
+def test_gz_matches_plain_and_is_cached(tmp_path, tiny_csv):
+    gz = tmp_path / "tiny.csv.gz"
+    gz.write_bytes(gzip.compress(tiny_csv.read_bytes()))
+    a, b = load_dataset(tiny_csv), load_fer2013_csv(gz)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    # the cache answers the second load; a changed file (new mtime/size) is parsed again
+    write_csv(tiny_csv, synthetic_rows()[:7])
+    os.utime(tiny_csv, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert len(load_dataset(tiny_csv)) == 7
+
+
+@pytest.mark.slow
+def test_real_csv_second_load_is_fast():
+    from conftest import REAL_CSV
+
+    if not REAL_CSV.is_file():
+        pytest.skip("FER-2013 not present")
+    data = load_fer2013_csv(REAL_CSV)
+    t = time.perf_counter()
+    again = load_fer2013_csv(REAL_CSV)
+    assert time.perf_counter() - t < 1.0
+    assert len(again) == 35887
+    counts = {u: int((data.usage == u).sum()) for u in ("Training", "PublicTest", "PrivateTest")}
+    assert counts == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
+    assert data.subset(data.usage == "PrivateTest").counts().tolist() == [
+        491, 55, 528, 879, 594, 416, 626]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('9,"{px}",Training', "row 2: 'emotion' is '9', expected 0..6"),
+        ('x,"{px}",Training', "row 2: 'emotion' is 'x'"),
+        ('1,"1 2 3",Training', "row 2: 'pixels' has 3 values, expected 2304"),
+        ('1,"{bad}",Training', "row 2: 'pixels' has values outside 0..255"),
+        ('1,"{nan}",Training', "row 2: 'pixels' must be 2304 integers"),
+        ('1,"{px}",Validation', "unknown Usage value(s) ['Validation']"),
+    ],
+)
+def test_bad_rows_name_file_and_row(tmp_path, line, message):
+    px = " ".join(["7"] * 2304)
+    bad = " ".join(["7"] * 2303 + ["256"])
+    nan = " ".join(["7"] * 2303 + ["x"])
+    path = tmp_path / "bad.csv"
+    path.write_text("emotion,pixels,Usage\n" + line.format(px=px, bad=bad, nan=nan) + "\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_missing_column(tmp_path):
+    path = tmp_path / "cols.csv"
+    path.write_text("label,pixels\n1,2\n")
+    with pytest.raises(DataError, match="missing column.*emotion"):
+        load_dataset(path)
+
+
+def test_per_image_release_usage_from_prefix(tmp_path):
+    img = np.full((48, 48), 100, np.uint8)
+    save_image(tmp_path / "train" / "happy" / "Training_1.jpg", img)
+    save_image(tmp_path / "train" / "sad" / "Training_2.jpg", img)
+    save_image(tmp_path / "test" / "happy" / "PublicTest_3.jpg", img)
+    save_image(tmp_path / "test" / "sad" / "PrivateTest_4.jpg", img)
+    save_image(tmp_path / "test" / "sad" / "other.png", img)
+    data = load_dataset(tmp_path)
+    assert sorted(zip(data.labels.tolist(), data.usage.tolist(), strict=True)) == [
+        (3, "PublicTest"), (3, "Training"), (4, "PrivateTest"), (4, "PublicTest"),
+        (4, "Training")]  # fmt: skip
+    assert abs(int(data.images[0].mean()) - 100) <= 2
+
+
+def test_user_folder_synonyms_any_size_and_colour(tmp_path):
+    rgb = np.zeros((120, 90, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red: grayscale 76 by ITU-R 601
+    save_image(tmp_path / "Happiness" / "a.png", rgb)
+    save_image(tmp_path / "ANGER" / "b.bmp", np.full((30, 30), 10, np.uint8))
+    save_image(tmp_path / "surprised" / "c.jpeg", np.full((64, 64), 200, np.uint8))
+    (tmp_path / "surprised" / "notes.txt").write_text("ignored: not an image suffix")
+    data = load_dataset(tmp_path)
+    assert data.images.shape == (3, 48, 48)
+    assert sorted(data.labels.tolist()) == [0, 3, 5]
+    red = data.images[data.labels.tolist().index(3)]
+    assert abs(int(red.mean()) - 76) <= 1
+    with pytest.raises(DataError, match="split 'official' needs"):
+        split_dataset(data, "official")
+
+
+def test_unknown_folder_error_or_skip(tmp_path):
+    save_image(tmp_path / "happy" / "a.png", np.zeros((48, 48), np.uint8))
+    save_image(tmp_path / "contempt" / "b.png", np.zeros((48, 48), np.uint8))
+    with pytest.raises(DataError, match=r"unknown class folder\(s\) \['contempt'\]"):
+        load_dataset(tmp_path)
+    assert len(load_dataset(tmp_path, ignore_unknown=True)) == 1
+
+
+def test_unreadable_image_and_empty_folder(tmp_path):
+    (tmp_path / "sad").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_dataset(tmp_path)
+    (tmp_path / "sad" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"broken\.jpg: not a readable image"):
+        load_dataset(tmp_path)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_stratified_split_is_reproducible_and_stratified(tmp_path):
+    data = load_dataset(write_csv(tmp_path / "s.csv", synthetic_rows(per_class=10)))
+    a, b = split_dataset(data, "stratified", seed=1), split_dataset(data, "stratified", seed=1)
+    c = split_dataset(data, "stratified", seed=2)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [168, 21, 21]
+    np.testing.assert_array_equal(a["val"].images, b["val"].images)
+    assert not np.array_equal(a["val"].images, c["val"].images)
+    assert a["train"].counts().tolist() == [24] * 7
+    assert a["val"].counts().tolist() == [3] * 7
+    with pytest.raises(ValueError, match="unknown split"):
+        split_dataset(data, "random")
+
+
+def test_stratified_subset(tmp_path):
+    data = load_dataset(write_csv(tmp_path / "s.csv", synthetic_rows(per_class=10)))
+    sub = stratified_subset(data, 0.5, seed=0)
+    assert sub.counts().tolist() == [15] * 7
+    np.testing.assert_array_equal(sub.images, stratified_subset(data, 0.5, seed=0).images)

@@ -1,0 +1,91 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ferlab.models import create_model, list_models, register_model
+from ferlab.models.vgg import cfgs
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shape_and_gradients(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    out = model(torch.rand(2, 1, 48, 48))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_registry_rejects_unknown_and_duplicates():
+    with pytest.raises(ValueError, match="unknown model 'nope'; available: resnet, vgg19"):
+        create_model("nope")
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_model
+        def vgg19():  # pragma: no cover - never built
+            raise AssertionError
+
+
+def _torchvision_state(seed: int = 0, **bad_shapes) -> dict[str, torch.Tensor]:
+    """A state dict laid out as torchvision's vgg19 (features + classifier)."""
+    g = torch.Generator().manual_seed(seed)
+    state, cin, i = {}, 3, 0
+    for v in cfgs["vgg19"]:
+        if v == "M":
+            i += 1
+            continue
+        state[f"features.{i}.weight"] = torch.randn(int(v), cin, 3, 3, generator=g)
+        state[f"features.{i}.bias"] = torch.randn(int(v), generator=g)
+        cin, i = int(v), i + 2
+    state["classifier.0.weight"] = torch.randn(4096, 25088 // 64)  # ignored by the loader
+    state.update(bad_shapes)
+    return state
+
+
+def test_imagenet_loader_maps_torchvision_keys(tmp_path):
+    state = _torchvision_state()
+    pth, st = tmp_path / "vgg19.pth", tmp_path / "vgg19.safetensors"
+    torch.save(state, pth)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(st))
+    for path in (pth, st):
+        model = create_model("vgg19", pretrained=str(path))
+        own = model.state_dict()
+        assert len([k for k in own if k.startswith("features.")]) == 32
+        for k in own:
+            if k.startswith("features."):
+                assert torch.equal(own[k], state[k]), k
+
+
+def test_imagenet_loader_rejects_mismatches(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save(_torchvision_state(**{"features.0.weight": torch.zeros(64, 1, 3, 3)}), bad)
+    with pytest.raises(ValueError, match=r"features\.0\.weight has shape \(64, 1, 3, 3\), "
+                                         r"expected \(64, 3, 3, 3\)"):  # fmt: skip
+        create_model("vgg19", pretrained=str(bad))
+    partial = tmp_path / "partial.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, partial)
+    with pytest.raises(ValueError, match="not torchvision VGG19 weights; missing"):
+        create_model("vgg19", pretrained=str(partial))
+    with pytest.raises(FileNotFoundError):
+        create_model("vgg19", pretrained=str(tmp_path / "absent.pth"))
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_frozen_blocks_stay_frozen(n):
+    torch.manual_seed(0)
+    model = create_model("vgg19", frozen_blocks=n)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    frozen = {1: 2, 3: 8, 5: 16}[n]  # conv layers in the first n blocks: 2, 2, 4, 4, 4
+    assert [c.weight.requires_grad for c in convs] == [False] * frozen + [True] * (16 - frozen)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(torch.rand(2, 1, 48, 48)).sum().backward()
+    opt.step()
+    after = model.state_dict()
+    for i, c in enumerate(convs):
+        key = next(k for k, v in model.named_parameters() if v is c.weight)
+        assert torch.equal(before[key], after[key]) == (i < frozen), key
+    with pytest.raises(ValueError, match="frozen_blocks must be in 0..5"):
+        create_model("vgg19", frozen_blocks=6)

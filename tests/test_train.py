@@ -1,0 +1,138 @@
+import csv
+import sys
+
+import pytest
+import torch
+import yaml
+
+from ferlab import TrainConfig, load_model, train
+from ferlab.config import parse_override
+
+TINY = {"widths": [8, 16, 16, 16]}
+
+
+def _cfg(data, tmp_path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(tmp_path / "runs"), model="vggnet_s",
+                model_kwargs=TINY, batch_size=64, erase=0.5, threads=1)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+                for r in csv.DictReader(f)]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_one_epoch_on_real_rows_writes_the_run(real_csv, tmp_path):
+    run = train(_cfg(real_csv, tmp_path, name="one", epochs=1))
+    for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = _rows(run)
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert 0 <= float(rows[0]["val_acc"]) <= 1
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"] == "vggnet_s" and saved["data"] == str(real_csv)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["model_name"] == "vggnet_s" and ckpt["state"]["epoch"] == 0
+    probs = load_model(run).predict_proba(torch.randint(0, 255, (3, 48, 48)).byte().numpy())
+    assert probs.shape == (3, 7)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypatch):
+    full = train(_cfg(real_csv, tmp_path, name="full", epochs=3))
+    train_module = sys.modules["ferlab.train"]
+    real_epoch, calls = train_module.train_one_epoch, []
+
+    def killed_in_epoch_3(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(real_csv, tmp_path, name="killed", epochs=3))
+    assert len(_rows(tmp_path / "runs" / "killed")) == 2
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed")
+    assert _rows(resumed) == _rows(full)
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
+    a = train(_cfg(tiny_csv, tmp_path, name="a", epochs=2, batch_size=16))
+    b = train(_cfg(tiny_csv, tmp_path, name="b", epochs=2, batch_size=16))
+    c = train(_cfg(tiny_csv, tmp_path, name="c", epochs=2, batch_size=16, seed=1))
+    assert _rows(a) == _rows(b)
+    assert _rows(a) != _rows(c)
+    with pytest.raises(FileExistsError):
+        train(_cfg(tiny_csv, tmp_path, name="a", epochs=1))
+
+
+def test_early_stopping_and_plateau(tiny_csv, tmp_path):
+    # a learning rate this small cannot improve val loss: the plateau scheduler halves it
+    # once `plateau_patience` epochs pass, and training stops after 1 + early_stopping epochs
+    run = train(_cfg(tiny_csv, tmp_path, name="es", epochs=10, lr=1e-6, early_stopping=4,
+                     optimizer="sgd", momentum=0.0, nesterov=False,
+                     plateau_patience=1, min_lr=0.0, augment=False, model="vgg19",
+                     model_kwargs={"hidden": 16, "dropout": 0.0}))  # fmt: skip
+    rows = _rows(run)
+    assert len(rows) == 5
+    assert [float(r["lr"]) for r in rows] == [1e-6, 1e-6, 1e-6, 5e-7, 5e-7]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer": "sgd", "scheduler": "onecycle", "lr": 0.05},
+        {"optimizer": "adamw", "scheduler": "cosine", "loss": "focal", "focal_gamma": 5.0},
+        {"normalize": "none", "augment": False, "label_smoothing": 0.1},
+        {"normalize": "standardize", "focal_alpha": [1.0] * 7, "loss": "focal"},
+    ],
+)
+def test_config_variants_train(tiny_csv, tmp_path, overrides):
+    run = train(_cfg(tiny_csv, tmp_path, name="v", epochs=1, batch_size=16, **overrides))
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["preprocess"]["normalize"] == overrides.get("normalize", "minmax")
+    if overrides.get("normalize") == "standardize":
+        assert 0 < ckpt["preprocess"]["std"] < 1
+
+
+def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
+    for key, value, message in [("optimizer", "rmsprop", "expected adam, adamw or sgd"),
+                                ("scheduler", "step", "expected plateau, cosine"),
+                                ("loss", "hinge", "expected 'ce' or 'focal'"),
+                                ("monitor", "f1", "expected val_loss or val_acc")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            train(_cfg(tiny_csv, tmp_path, name=key, epochs=1, **{key: value}))
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: vggnet\nlr: 1e-2\nbetas: [0.8, 0.99]\n")
+    cfg = TrainConfig.from_yaml(path, batch_size=8)
+    assert (cfg.model, cfg.lr, cfg.betas, cfg.batch_size) == ("vggnet", 0.01, (0.8, 0.99), 8)
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    path.write_text("lr: fast\n")
+    with pytest.raises(ValueError, match="config lr: expected a number, got 'fast'"):
+        TrainConfig.from_yaml(path)
+    path.write_text("modle: vggnet\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['modle'\]"):
+        TrainConfig.from_yaml(path)
+    assert parse_override("lr=1e-3") == ("lr", 1e-3)
+    assert parse_override("epochs=5") == ("epochs", 5)
+    assert parse_override("lr=1") == ("lr", 1.0)
+    assert parse_override("name=123") == ("name", "123")
+    assert parse_override("augment=false") == ("augment", False)
+    assert parse_override("model_kwargs={hidden: 256}") == ("model_kwargs", {"hidden": 256})
+    with pytest.raises(ValueError, match="unknown config key 'bogus'"):
+        parse_override("bogus=1")
