@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import save_image, synthetic_rows, write_csv
 
+from conftest import save_image, synthetic_rows, write_csv
 from ferlab.data import (
     EMOTIONS,
     DataError,
@@ -64,7 +64,14 @@ def test_real_csv_second_load_is_fast():
     counts = {u: int((data.usage == u).sum()) for u in ("Training", "PublicTest", "PrivateTest")}
     assert counts == {"Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
     assert data.subset(data.usage == "PrivateTest").counts().tolist() == [
-        491, 55, 528, 879, 594, 416, 626]  # fmt: skip
+        491,
+        55,
+        528,
+        879,
+        594,
+        416,
+        626,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -92,7 +99,7 @@ def test_bad_rows_name_file_and_row(tmp_path, line, message):
 def test_missing_column(tmp_path):
     path = tmp_path / "cols.csv"
     path.write_text("label,pixels\n1,2\n")
-    with pytest.raises(DataError, match="missing column.*emotion"):
+    with pytest.raises(DataError, match=r"missing column.*emotion"):
         load_dataset(path)
 
 
@@ -105,8 +112,12 @@ def test_per_image_release_usage_from_prefix(tmp_path):
     save_image(tmp_path / "test" / "sad" / "other.png", img)
     data = load_dataset(tmp_path)
     assert sorted(zip(data.labels.tolist(), data.usage.tolist(), strict=True)) == [
-        (3, "PublicTest"), (3, "Training"), (4, "PrivateTest"), (4, "PublicTest"),
-        (4, "Training")]  # fmt: skip
+        (3, "PublicTest"),
+        (3, "Training"),
+        (4, "PrivateTest"),
+        (4, "PublicTest"),
+        (4, "Training"),
+    ]
     assert abs(int(data.images[0].mean()) - 100) <= 2
 
 

@@ -61,8 +61,11 @@ def test_imagenet_loader_maps_torchvision_keys(tmp_path):
 def test_imagenet_loader_rejects_mismatches(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save(_torchvision_state(**{"features.0.weight": torch.zeros(64, 1, 3, 3)}), bad)
-    with pytest.raises(ValueError, match=r"features\.0\.weight has shape \(64, 1, 3, 3\), "
-                                         r"expected \(64, 3, 3, 3\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"features\.0\.weight has shape \(64, 1, 3, 3\), "
+        r"expected \(64, 3, 3, 3\)",
+    ):
         create_model("vgg19", pretrained=str(bad))
     partial = tmp_path / "partial.pth"
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, partial)
@@ -87,5 +90,5 @@ def test_frozen_blocks_stay_frozen(n):
     for i, c in enumerate(convs):
         key = next(k for k, v in model.named_parameters() if v is c.weight)
         assert torch.equal(before[key], after[key]) == (i < frozen), key
-    with pytest.raises(ValueError, match="frozen_blocks must be in 0..5"):
+    with pytest.raises(ValueError, match=r"frozen_blocks must be in 0\.\.5"):
         create_model("vgg19", frozen_blocks=6)

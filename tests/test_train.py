@@ -12,16 +12,25 @@ TINY = {"widths": [8, 16, 16, 16]}
 
 
 def _cfg(data, tmp_path, **kw) -> TrainConfig:
-    base = dict(data=str(data), out=str(tmp_path / "runs"), model="vggnet_s",
-                model_kwargs=TINY, batch_size=64, erase=0.5, threads=1)  # fmt: skip
+    base = dict(
+        data=str(data),
+        out=str(tmp_path / "runs"),
+        model="vggnet_s",
+        model_kwargs=TINY,
+        batch_size=64,
+        erase=0.5,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _rows(run_dir):
     with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
-                for r in csv.DictReader(f)]  # fmt: skip
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+            for r in csv.DictReader(f)
+        ]
 
 
 @pytest.fixture(autouse=True)
@@ -81,10 +90,24 @@ def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
 def test_early_stopping_and_plateau(tiny_csv, tmp_path):
     # a learning rate this small cannot improve val loss: the plateau scheduler halves it
     # once `plateau_patience` epochs pass, and training stops after 1 + early_stopping epochs
-    run = train(_cfg(tiny_csv, tmp_path, name="es", epochs=10, lr=1e-6, early_stopping=4,
-                     optimizer="sgd", momentum=0.0, nesterov=False,
-                     plateau_patience=1, min_lr=0.0, augment=False, model="vgg19",
-                     model_kwargs={"hidden": 16, "dropout": 0.0}))  # fmt: skip
+    run = train(
+        _cfg(
+            tiny_csv,
+            tmp_path,
+            name="es",
+            epochs=10,
+            lr=1e-6,
+            early_stopping=4,
+            optimizer="sgd",
+            momentum=0.0,
+            nesterov=False,
+            plateau_patience=1,
+            min_lr=0.0,
+            augment=False,
+            model="vgg19",
+            model_kwargs={"hidden": 16, "dropout": 0.0},
+        )
+    )
     rows = _rows(run)
     assert len(rows) == 5
     assert [float(r["lr"]) for r in rows] == [1e-6, 1e-6, 1e-6, 5e-7, 5e-7]
@@ -108,10 +131,12 @@ def test_config_variants_train(tiny_csv, tmp_path, overrides):
 
 
 def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
-    for key, value, message in [("optimizer", "rmsprop", "expected adam, adamw or sgd"),
-                                ("scheduler", "step", "expected plateau, cosine"),
-                                ("loss", "hinge", "expected 'ce' or 'focal'"),
-                                ("monitor", "f1", "expected val_loss or val_acc")]:  # fmt: skip
+    for key, value, message in [
+        ("optimizer", "rmsprop", "expected adam, adamw or sgd"),
+        ("scheduler", "step", "expected plateau, cosine"),
+        ("loss", "hinge", "expected 'ce' or 'focal'"),
+        ("monitor", "f1", "expected val_loss or val_acc"),
+    ]:
         with pytest.raises(ValueError, match=message):
             train(_cfg(tiny_csv, tmp_path, name=key, epochs=1, **{key: value}))
 

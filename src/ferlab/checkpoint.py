@@ -44,7 +44,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the network from a checkpoint (no pretrained download, nothing frozen)."""
-    model = create_model(ckpt["model_name"], num_classes=len(ckpt["classes"]),
-                         **ckpt.get("model_kwargs", {}))  # fmt: skip
+    model = create_model(
+        ckpt["model_name"], num_classes=len(ckpt["classes"]), **ckpt.get("model_kwargs", {})
+    )
     model.load_state_dict(ckpt["model"])
     return model.eval()

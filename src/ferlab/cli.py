@@ -15,8 +15,12 @@ from rich.table import Table
 from .config import DEFAULT_DATA, TrainConfig, parse_override
 from .data import EMOTIONS, USAGES, DataError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Facial expression recognition: train, evaluate, experiment, predict.")  # fmt: skip
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Facial expression recognition: train, evaluate, experiment, predict.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -26,7 +30,9 @@ err = Console(stderr=True)
 @data_app.command("info")
 def data_info(
     path: Annotated[Path, typer.Argument(help="FER-2013 CSV(.gz), per-image release or folder")],
-    plot: Annotated[Path | None, typer.Option(help="Write class-distribution and sample plots here")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write class-distribution and sample plots here")
+    ] = None,
     ignore_unknown: Annotated[bool, typer.Option(help="Skip unknown class folders")] = False,
 ) -> None:
     """Counts per split and class."""
@@ -34,7 +40,7 @@ def data_info(
 
     data = load_dataset(path, ignore_unknown)
     table = Table(title=f"{path} ({len(data)} faces)")
-    table.add_column("split")
+    table.add_column("split", no_wrap=True)
     for name in (*EMOTIONS, "total"):
         table.add_column(name, justify="right")
     groups = [u for u in USAGES if (data.usage == u).any()] or [""]
@@ -63,9 +69,13 @@ def _config(config: Path | None, overrides: list[str], **flags) -> TrainConfig:
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (configs/*.yaml)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (repeatable)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override: key=value (repeatable)")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory")] = None,
-    data: Annotated[str | None, typer.Option(help=f"Dataset path [default: {DEFAULT_DATA}]")] = None,
+    data: Annotated[
+        str | None, typer.Option(help=f"Dataset path [default: {DEFAULT_DATA}]")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name (ferlab models)")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
@@ -81,8 +91,19 @@ def train(
     if resume is not None:
         run_dir = run_training(TrainConfig(), resume=resume)
     else:
-        cfg = _config(config, set_ or [], data=data, model=model, epochs=epochs,
-                      batch_size=batch_size, lr=lr, name=name, out=out, seed=seed, device=device)  # fmt: skip
+        cfg = _config(
+            config,
+            set_ or [],
+            data=data,
+            model=model,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            name=name,
+            out=out,
+            seed=seed,
+            device=device,
+        )
         run_dir = run_training(cfg)
     console.print(f"run saved to {run_dir}")
 
@@ -91,10 +112,16 @@ def train(
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt or run directory (best.pt)")],
     data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
-    split: Annotated[str, typer.Option(help="Training, PublicTest, PrivateTest; or train/val/test")] = "PublicTest",
-    split_mode: Annotated[str, typer.Option(help="official or stratified (for train/val/test)")] = "official",
+    split: Annotated[
+        str, typer.Option(help="Training, PublicTest, PrivateTest; or train/val/test")
+    ] = "PublicTest",
+    split_mode: Annotated[
+        str, typer.Option(help="official or stratified (for train/val/test)")
+    ] = "official",
     tta: Annotated[str, typer.Option(help="none or flip")] = "none",
-    out: Annotated[Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
+    ] = None,
     format: Annotated[str, typer.Option(help="json, csv or md (comma-separated for --out)")] = "md",
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on one split."""
@@ -108,8 +135,11 @@ def evaluate(
     if out is not None:
         for path in metrics.save(out, formats, title=title):
             err.print(f"wrote {path}")
-    text = {"json": lambda: json.dumps(metrics.to_dict(), indent=2), "csv": metrics.to_csv,
-            "md": lambda: metrics.to_markdown(title)}  # fmt: skip
+    text = {
+        "json": lambda: json.dumps(metrics.to_dict(), indent=2),
+        "csv": metrics.to_csv,
+        "md": lambda: metrics.to_markdown(title),
+    }
     if formats[0] not in text:
         raise ValueError(f"unknown format {formats[0]!r}; expected json, csv or md")
     print(text[formats[0]]())

@@ -70,7 +70,7 @@ class FaceData:
 
 def label_index(name: str) -> int | None:
     """Map a folder name (any case, common synonyms) to an EMOTIONS index, or None."""
-    canonical = SYNONYMS.get(name.strip().lower(), None)
+    canonical = SYNONYMS.get(name.strip().lower())
     return EMOTIONS.index(canonical) if canonical else None
 
 
@@ -118,7 +118,7 @@ def _parse_pixels(text: str, where: str) -> np.ndarray:
 def _parse_csv(path: Path) -> FaceData:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as f:  # type: ignore[operator]
+        with opener(path, "rt", newline="") as f:
             reader = csv.DictReader(f)
             missing = {"emotion", "pixels"} - set(reader.fieldnames or ())
             if missing:
@@ -145,9 +145,7 @@ def _parse_csv(path: Path) -> FaceData:
     bad = sorted(set(usage) - {*USAGES, ""})
     if bad:
         raise DataError(f"{path}: unknown Usage value(s) {bad}; expected one of {list(USAGES)}")
-    return FaceData(
-        np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(path)
-    )
+    return FaceData(np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(path))
 
 
 def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
@@ -179,8 +177,8 @@ def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
 def read_image(path: Path, size: int = SIZE) -> np.ndarray:
     """Read any image as a ``size`` x ``size`` uint8 grayscale array (centre square crop)."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("L")
+        with Image.open(path) as src:
+            im = src.convert("L")
             w, h = im.size
             s = min(w, h)
             if w != h:
@@ -229,9 +227,7 @@ def load_image_folder(
                 usage.append(_usage_from_name(f.name, default_usage))
     if not images:
         raise DataError(f"{root}: no images found; expected <label>/*.jpg|jpeg|png|bmp")
-    return FaceData(
-        np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(root)
-    )
+    return FaceData(np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(root))
 
 
 def load_dataset(path: str | Path, ignore_unknown: bool = False) -> FaceData:

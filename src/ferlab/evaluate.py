@@ -67,9 +67,7 @@ class Metrics:
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
         labels = list(range(len(EMOTIONS)))
-        p, r, f, s = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, zero_division=0
-        )
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
         present = s > 0  # macro-F1 over the classes that occur, as sklearn's default would
         return cls(
             accuracy=float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
@@ -110,30 +108,50 @@ class Metrics:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["class", "precision", "recall", "f1", "support"])
         for i, name in enumerate(EMOTIONS):
-            w.writerow([name, *(f"{v:.4f}" for v in (self.precision[i], self.recall[i],
-                                                    self.f1[i])), self.support[i]])  # fmt: skip
+            w.writerow(
+                [
+                    name,
+                    *(f"{v:.4f}" for v in (self.precision[i], self.recall[i], self.f1[i])),
+                    self.support[i],
+                ]
+            )
         w.writerow(["macro", "", "", f"{self.macro_f1:.4f}", sum(self.support)])
         w.writerow(["accuracy", "", "", f"{self.accuracy:.4f}", sum(self.support)])
         return buf.getvalue()
 
     def to_markdown(self, title: str = "Evaluation") -> str:
-        lines = [f"# {title}", "", f"- accuracy: **{self.accuracy:.2%}**",
-                 f"- macro-F1: {self.macro_f1:.4f}", f"- faces: {sum(self.support)}", "",
-                 "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]  # fmt: skip
+        lines = [
+            f"# {title}",
+            "",
+            f"- accuracy: **{self.accuracy:.2%}**",
+            f"- macro-F1: {self.macro_f1:.4f}",
+            f"- faces: {sum(self.support)}",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for i, name in enumerate(EMOTIONS):
             lines.append(
                 f"| {name} | {self.precision[i]:.4f} | {self.recall[i]:.4f} | "
                 f"{self.f1[i]:.4f} | {self.support[i]} |"
             )
-        lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
-                  "| true \\ pred | " + " | ".join(EMOTIONS) + " |",
-                  "|---" * (len(EMOTIONS) + 1) + "|"]  # fmt: skip
+        lines += [
+            "",
+            "Confusion matrix (rows: true, columns: predicted):",
+            "",
+            "| true \\ pred | " + " | ".join(EMOTIONS) + " |",
+            "|---" * (len(EMOTIONS) + 1) + "|",
+        ]
         for i, name in enumerate(EMOTIONS):
             lines.append(f"| {name} | " + " | ".join(str(v) for v in self.confusion[i]) + " |")
         return "\n".join(lines) + "\n"
 
-    def save(self, out_dir: str | Path, formats: tuple[str, ...] = ("json", "csv", "md"),
-             title: str = "Evaluation") -> list[Path]:  # fmt: skip
+    def save(
+        self,
+        out_dir: str | Path,
+        formats: tuple[str, ...] = ("json", "csv", "md"),
+        title: str = "Evaluation",
+    ) -> list[Path]:
         """Write metrics.{json,csv,md} and confusion.png atomically under ``out_dir``."""
         from .plots import confusion_figure, save_figure
 
@@ -162,8 +180,14 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
 SPLIT_ALIASES = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 
 
-def evaluate_split(classifier, data_path: str, split: str = "PublicTest",
-                   split_mode: str = "official", tta: str = "none", seed: int = 0) -> Metrics:  # fmt: skip
+def evaluate_split(
+    classifier,
+    data_path: str,
+    split: str = "PublicTest",
+    split_mode: str = "official",
+    tta: str = "none",
+    seed: int = 0,
+) -> Metrics:
     """Evaluate a :class:`~ferlab.classifier.Classifier` on one split of a dataset."""
     from .data import load_dataset, split_dataset
 
@@ -171,8 +195,11 @@ def evaluate_split(classifier, data_path: str, split: str = "PublicTest",
     if key not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
     part = split_dataset(load_dataset(data_path), split_mode, seed)[key]
-    logits = predict_logits(classifier.model, torch.from_numpy(part.images),
-                            classifier.preprocess, classifier.device, tta=tta)  # fmt: skip
-    if tta == "flip":  # logits are averaged log-probs; loss stays meaningful
-        pass
+    logits = predict_logits(
+        classifier.model,
+        torch.from_numpy(part.images),
+        classifier.preprocess,
+        classifier.device,
+        tta=tta,
+    )
     return evaluate_logits(logits, torch.from_numpy(part.labels))

@@ -10,6 +10,8 @@ from torch import nn
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t``, mean over the batch."""
 
+    alpha: torch.Tensor | None
+
     def __init__(self, gamma: float = 2.0, alpha: list[float] | None = None):
         super().__init__()
         self.gamma = gamma

@@ -34,8 +34,9 @@ def curves_figure(rows: Sequence[dict]) -> Figure:
     """Loss and accuracy per epoch from metrics.csv rows."""
     fig = _figure(figsize=(10, 4))
     epochs = [int(r["epoch"]) for r in rows]
-    for ax, key, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy"),
-                              strict=True):  # fmt: skip
+    for ax, key, title in zip(
+        fig.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy"), strict=True
+    ):
         ax.plot(epochs, [float(r[f"train_{key}"]) for r in rows], label="train")
         ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], label="validation")
         ax.set_xlabel("epoch")
@@ -50,9 +51,12 @@ def confusion_figure(metrics: Metrics) -> Figure:
     fig = _figure(figsize=(13, 5.5))
     counts = np.asarray(metrics.confusion)
     for ax, mat, title, fmt in zip(
-        fig.subplots(1, 2), (counts, metrics.normalized_confusion()),
-        ("counts", "row-normalised (recall on the diagonal)"), ("{:d}", "{:.2f}"), strict=True,
-    ):  # fmt: skip
+        fig.subplots(1, 2),
+        (counts, metrics.normalized_confusion()),
+        ("counts", "row-normalised (recall on the diagonal)"),
+        ("{:d}", "{:.2f}"),
+        strict=True,
+    ):
         ax.imshow(mat, cmap="Blues")
         ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
         ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
@@ -63,8 +67,15 @@ def confusion_figure(metrics: Metrics) -> Figure:
         for i in range(mat.shape[0]):
             for j in range(mat.shape[1]):
                 v = mat[i, j]
-                ax.text(j, i, fmt.format(int(v) if fmt == "{:d}" else v), ha="center",
-                        va="center", fontsize=8, color="white" if v > hi / 2 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(int(v) if fmt == "{:d}" else v),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v > hi / 2 else "black",
+                )
     return fig
 
 

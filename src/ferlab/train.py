@@ -27,8 +27,16 @@ from .models import create_model
 from .transforms import Augment, preprocess_spec, scale, to_float
 
 log = logging.getLogger(__name__)
-FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-          "images_per_s"]  # fmt: skip
+FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,10 +50,11 @@ def load_splits(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     splits = split_dataset(load_dataset(cfg.data, cfg.ignore_unknown), cfg.split, cfg.seed)
     train = stratified_subset(splits["train"], cfg.subset, cfg.seed)
     return {
-        "train_x": torch.from_numpy(train.images), "train_y": torch.from_numpy(train.labels),
+        "train_x": torch.from_numpy(train.images),
+        "train_y": torch.from_numpy(train.labels),
         "val_x": torch.from_numpy(splits["val"].images),
         "val_y": torch.from_numpy(splits["val"].labels),
-    }  # fmt: skip
+    }
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -64,25 +73,35 @@ def create_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimize
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)  # fmt: skip
+        return torch.optim.SGD(
+            params,
+            cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam, adamw or sgd")
 
 
 def create_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    """Returns (scheduler, steps per batch?). Plateau steps once per epoch on val loss."""
+    """Plateau steps once per epoch on val loss; cosine and onecycle once per batch."""
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, "min", cfg.plateau_factor, cfg.plateau_patience, min_lr=cfg.min_lr)  # fmt: skip
+            opt, "min", cfg.plateau_factor, cfg.plateau_patience, min_lr=cfg.min_lr
+        )
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr)  # fmt: skip
+            opt, cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr
+        )
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_epochs)  # fmt: skip
+            opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_epochs
+        )
     if cfg.scheduler == "none":
         return None
-    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; expected plateau, cosine, onecycle, none")
+    raise ValueError(
+        f"unknown scheduler {cfg.scheduler!r}; expected plateau, cosine, onecycle, none"
+    )
 
 
 def batch_sizes(n: int, batch_size: int) -> int:
@@ -90,8 +109,9 @@ def batch_sizes(n: int, batch_size: int) -> int:
     return n // batch_size + (1 if n % batch_size > 1 else 0)
 
 
-def train_one_epoch(model, data, optimizer, scheduler, loss_fn, augment, spec, cfg, device,
-                    generator, desc="") -> dict[str, float]:  # fmt: skip
+def train_one_epoch(
+    model, data, optimizer, scheduler, loss_fn, augment, spec, cfg, device, generator, desc=""
+) -> dict[str, float]:
     model.train()
     x_all, y_all = data["train_x"], data["train_y"]
     n = len(y_all)
@@ -100,8 +120,14 @@ def train_one_epoch(model, data, optimizer, scheduler, loss_fn, augment, spec, c
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    bar = tqdm(range(steps), desc=desc, leave=False, unit="batch", mininterval=1.0,
-               disable=not log.isEnabledFor(logging.INFO))  # fmt: skip
+    bar = tqdm(
+        range(steps),
+        desc=desc,
+        leave=False,
+        unit="batch",
+        mininterval=1.0,
+        disable=not log.isEnabledFor(logging.INFO),
+    )
     for step in bar:
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = to_float(x_all[idx].to(device, non_blocking=True))
@@ -170,17 +196,28 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     kwargs = model_kwargs(cfg)
     model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     steps = batch_sizes(len(data["train_y"]), cfg.batch_size)
     optimizer = create_optimizer(cfg, model)
     scheduler = create_scheduler(cfg, optimizer, steps)
-    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing).to(device)
-    augment = (Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
-               if cfg.augment else None)  # fmt: skip
+    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing).to(
+        device
+    )
+    augment = (
+        Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
+        if cfg.augment
+        else None
+    )
     sign = -1.0 if cfg.monitor == "val_loss" else 1.0
     if cfg.monitor not in ("val_loss", "val_acc"):
         raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
-    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False}
+    state: dict[str, Any] = {
+        "epoch": -1,
+        "best": -math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "stopped": False,
+    }
 
     run_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -192,7 +229,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         state = ckpt["state"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         generator.set_state(ckpt["rng"]["generator"])
-        rows = [r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1]
+        rows = [
+            r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1
+        ]
         log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 1)
     else:
         atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
@@ -201,21 +240,40 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         if state["stopped"]:
             break
         t0 = time.perf_counter()
-        stats = train_one_epoch(model, data, optimizer, scheduler, loss_fn, augment, spec, cfg,
-                                device, generator, desc=f"epoch {epoch + 1}/{cfg.epochs}")  # fmt: skip
+        stats = train_one_epoch(
+            model,
+            data,
+            optimizer,
+            scheduler,
+            loss_fn,
+            augment,
+            spec,
+            cfg,
+            device,
+            generator,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
         seconds = time.perf_counter() - t0
-        logits = predict_logits(model, data["val_x"], spec, device, cfg.eval_batch_size,
-                                channels_last=cfg.channels_last)  # fmt: skip
+        logits = predict_logits(
+            model, data["val_x"], spec, device, cfg.eval_batch_size, channels_last=cfg.channels_last
+        )
         val = evaluate_logits(logits, data["val_y"].cpu())
+        val_loss = val.loss if val.loss is not None else math.nan
         lr = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val.loss)
-        row = {"epoch": epoch + 1, "lr": f"{lr:.3g}", "train_loss": f"{stats['train_loss']:.5f}",
-               "train_acc": f"{stats['train_acc']:.5f}", "val_loss": f"{val.loss:.5f}",
-               "val_acc": f"{val.accuracy:.5f}", "seconds": f"{seconds:.1f}",
-               "images_per_s": f"{len(data['train_y']) / seconds:.1f}"}  # fmt: skip
+            scheduler.step(val_loss)
+        row = {
+            "epoch": epoch + 1,
+            "lr": f"{lr:.3g}",
+            "train_loss": f"{stats['train_loss']:.5f}",
+            "train_acc": f"{stats['train_acc']:.5f}",
+            "val_loss": f"{val_loss:.5f}",
+            "val_acc": f"{val.accuracy:.5f}",
+            "seconds": f"{seconds:.1f}",
+            "images_per_s": f"{len(data['train_y']) / seconds:.1f}",
+        }
         rows.append(row)
-        score = sign * (val.loss if cfg.monitor == "val_loss" else val.accuracy)
+        score = sign * (val_loss if cfg.monitor == "val_loss" else val.accuracy)
         # relative threshold as ReduceLROnPlateau's default: noise-level gains do not count
         improved = state["best_epoch"] < 0 or score > state["best"] + 1e-4 * abs(state["best"])
         if improved:
@@ -225,24 +283,44 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         state["epoch"] = epoch
         state["stopped"] = bool(cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping)
         _write_rows(run_dir / "metrics.csv", rows)
-        save_checkpoint({
-            "model_name": cfg.model, "model_kwargs": {k: v for k, v in kwargs.items()
-                                                      if k not in ("pretrained", "frozen_blocks")},
-            "classes": list(EMOTIONS), "preprocess": spec, "config": cfg.to_dict(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "state": dict(state), "metrics": {"val_acc": val.accuracy, "val_loss": val.loss},
-            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
-        }, run_dir / "last.pt")  # fmt: skip
+        save_checkpoint(
+            {
+                "model_name": cfg.model,
+                "model_kwargs": {
+                    k: v for k, v in kwargs.items() if k not in ("pretrained", "frozen_blocks")
+                },
+                "classes": list(EMOTIONS),
+                "preprocess": spec,
+                "config": cfg.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "state": dict(state),
+                "metrics": {"val_acc": val.accuracy, "val_loss": val_loss},
+                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
+            },
+            run_dir / "last.pt",
+        )
         if improved:
             copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
-        log.info("epoch %d/%d  lr %s  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.0fs "
-                 "(%.0f img/s)%s", epoch + 1, cfg.epochs, row["lr"], stats["train_loss"],
-                 stats["train_acc"], val.loss, val.accuracy, seconds,
-                 len(data["train_y"]) / seconds, "  *" if improved else "")  # fmt: skip
+        log.info(
+            "epoch %d/%d  lr %s  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.0fs "
+            "(%.0f img/s)%s",
+            epoch + 1,
+            cfg.epochs,
+            row["lr"],
+            stats["train_loss"],
+            stats["train_acc"],
+            val_loss,
+            val.accuracy,
+            seconds,
+            len(data["train_y"]) / seconds,
+            "  *" if improved else "",
+        )
         if state["stopped"]:
-            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor,
-                     cfg.early_stopping)  # fmt: skip
+            log.info(
+                "early stopping: no %s improvement for %d epochs", cfg.monitor, cfg.early_stopping
+            )
     _save_curves(run_dir, rows)
     return run_dir
 

@@ -100,9 +100,11 @@ class Augment:
         ys = torch.arange(h).view(1, h, 1)
         xs = torch.arange(w).view(1, 1, w)
         mask = (
-            (ys >= y0.view(-1, 1, 1)) & (ys < (y0 + eh).view(-1, 1, 1))
-            & (xs >= x0.view(-1, 1, 1)) & (xs < (x0 + ew).view(-1, 1, 1))
+            (ys >= y0.view(-1, 1, 1))
+            & (ys < (y0 + eh).view(-1, 1, 1))
+            & (xs >= x0.view(-1, 1, 1))
+            & (xs < (x0 + ew).view(-1, 1, 1))
             & on.view(-1, 1, 1)
-        )  # fmt: skip
+        )
         mask = mask.unsqueeze(1).to(x.device)
         return torch.where(mask, fill.view(-1, 1, 1, 1).to(x.device, x.dtype), x)

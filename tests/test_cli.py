@@ -1,0 +1,140 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ferlab import cli
+
+runner = CliRunner()
+
+
+def run_ferlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real entry point, as a user runs it."""
+    exe = shutil.which("ferlab")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "ferlab", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_data_info_table_and_plots(tiny_csv, tmp_path):
+    r = run_ferlab("data", "info", str(tiny_csv), "--plot", str(tmp_path / "plots"))
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if "Training" in line or "PublicTest" in line]
+    assert len(lines) == 2 and all(line.split("│")[-2].strip() == "14" for line in lines)
+    assert (tmp_path / "plots" / "class_distribution.png").is_file()
+    assert (tmp_path / "plots" / "samples.png").is_file()
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('emotion,pixels,Usage\n7,"1 2",Training\n')
+    r = run_ferlab("data", "info", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert f"{bad}, row 2: 'emotion' is '7', expected 0..6" in r.stderr
+
+
+def test_python_dash_m_and_models():
+    r = subprocess.run(
+        [sys.executable, "-m", "ferlab", "models"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "vgg19" in r.stdout.split()
+
+
+def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(cfg, resume=None):
+        seen.update(cfg=cfg, resume=resume)
+        return Path("runs/x")
+
+    monkeypatch.setattr(sys.modules["ferlab.train"], "train", fake_train)
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("model: vggnet\nlr: 0.01\n")
+    r = runner.invoke(
+        cli.app,
+        [
+            "train",
+            str(cfgfile),
+            "--epochs",
+            "3",
+            "--set",
+            "lr=1e-3",
+            "--set",
+            "augment=false",
+            "--data",
+            str(tiny_csv),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.augment, cfg.data) == (
+        "vggnet",
+        3,
+        1e-3,
+        False,
+        str(tiny_csv),
+    )
+    r = runner.invoke(cli.app, ["train", "--resume", "runs/old"])
+    assert r.exit_code == 0 and seen["resume"] == Path("runs/old")
+
+
+def test_train_then_evaluate_end_to_end(tiny_csv, tmp_path):
+    out = tmp_path / "runs"
+    r = run_ferlab(
+        "train",
+        "--data",
+        str(tiny_csv),
+        "--model",
+        "vggnet_s",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--name",
+        "e2e",
+        "--out",
+        str(out),
+        "--set",
+        "model_kwargs={widths: [4, 8, 8, 8]}",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "e2e" / "best.pt").is_file()
+    r = run_ferlab(
+        "evaluate",
+        str(out / "e2e"),
+        "--data",
+        str(tiny_csv),
+        "--split",
+        "PrivateTest",
+        "--format",
+        "json,md",
+        "--out",
+        str(tmp_path / "ev"),
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert sum(d["per_class"][c]["support"] for c in d["classes"]) == 14
+    assert (tmp_path / "ev" / "metrics.md").is_file() and (
+        tmp_path / "ev" / "confusion.png"
+    ).is_file()
+    r = run_ferlab("evaluate", str(out / "e2e"), "--data", str(tiny_csv), "--split", "Test")
+    assert r.returncode == 2 and "unknown split 'Test'" in r.stderr
+
+
+def test_unknown_override_exits_2(tiny_csv):
+    r = run_ferlab("train", "--data", str(tiny_csv), "--set", "learning_rate=1")
+    assert r.returncode == 2 and "unknown config key 'learning_rate'" in r.stderr
+
+
+def test_missing_checkpoint_exits_2(tmp_path):
+    r = run_ferlab("evaluate", str(tmp_path / "none.pt"))
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr

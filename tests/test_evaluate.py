@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ferlab import EMOTIONS, Classifier
+from ferlab.checkpoint import load_checkpoint, save_checkpoint
+from ferlab.evaluate import Metrics, evaluate_logits, predict_logits
+from ferlab.models import create_model
+
+
+def test_metrics_against_hand_computed_values():
+    y_true = np.array([0, 0, 0, 3, 3, 4])
+    y_pred = np.array([0, 0, 3, 3, 4, 4])
+    m = Metrics.from_predictions(y_true, y_pred)
+    assert m.accuracy == pytest.approx(4 / 6)
+    # angry: tp 2, fp 0, fn 1 -> P 1, R 2/3, F1 0.8
+    assert (m.precision[0], m.recall[0], m.f1[0]) == pytest.approx((1.0, 2 / 3, 0.8))
+    # happy: tp 1, fp 1, fn 1 -> 0.5 / 0.5 / 0.5 ; sad: tp 1, fp 1, fn 0 -> 0.5 / 1 / 2/3
+    assert (m.precision[3], m.recall[3], m.f1[3]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (m.precision[4], m.recall[4], m.f1[4]) == pytest.approx((0.5, 1.0, 2 / 3))
+    assert m.support == [3, 0, 0, 2, 1, 0, 0]
+    assert m.macro_f1 == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)  # over classes present
+    assert m.confusion[0] == [2, 0, 0, 1, 0, 0, 0]
+    assert m.confusion[3] == [0, 0, 0, 1, 1, 0, 0]
+    np.testing.assert_allclose(m.normalized_confusion()[0, [0, 3]], [2 / 3, 1 / 3])
+
+
+def test_metrics_outputs(tmp_path):
+    m = Metrics.from_predictions(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 2]), loss=0.5)
+    written = m.save(tmp_path, ("json", "csv", "md"), title="t")
+    assert [p.name for p in written] == [
+        "metrics.json",
+        "metrics.csv",
+        "metrics.md",
+        "confusion.png",
+    ]
+    d = json.loads((tmp_path / "metrics.json").read_text())
+    assert d["accuracy"] == 0.75 and d["per_class"]["fear"]["precision"] == 0.5
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "class,precision,recall,f1,support" and lines[-1] == "accuracy,,,0.7500,4"
+    md = (tmp_path / "metrics.md").read_text()
+    assert "accuracy: **75.00%**" in md and "| happy | 0.0000 | 0.0000 | 0.0000 | 1 |" in md
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="unknown format"):
+        m.save(tmp_path, ("xml",))
+
+
+def test_evaluate_logits_loss():
+    logits = torch.tensor([[2.0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 3.0]])
+    m = evaluate_logits(logits, torch.tensor([0, 0]))
+    expected = float(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0])))
+    assert m.accuracy == 0.5 and m.loss == pytest.approx(expected)
+
+
+def _classifier(tmp_path, normalize: str) -> Classifier:
+    torch.manual_seed(0)
+    model = create_model("vggnet_s", widths=[4, 4, 4, 4]).eval()
+    spec = {"size": 48, "channels": 1, "normalize": normalize, "mean": 0.5, "std": 0.25}
+    path = tmp_path / f"{normalize}.pt"
+    save_checkpoint(
+        {
+            "model_name": "vggnet_s",
+            "model_kwargs": {"widths": [4, 4, 4, 4]},
+            "classes": list(EMOTIONS),
+            "preprocess": spec,
+            "model": model.state_dict(),
+        },
+        path,
+    )
+    from ferlab import load_model
+
+    return load_model(path)
+
+
+@pytest.mark.parametrize(
+    "normalize, fn",
+    [
+        ("minmax", lambda x: x / 255),
+        ("none", lambda x: x),
+        ("standardize", lambda x: (x / 255 - 0.5) / 0.25),
+    ],
+)
+def test_predict_proba_applies_checkpoint_preprocessing(tmp_path, normalize, fn):
+    clf = _classifier(tmp_path, normalize)
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    probs = clf.predict_proba(faces)
+    assert probs.dtype == np.float32 and probs.shape == (5, 7)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    with torch.no_grad():
+        x = fn(torch.from_numpy(faces).float()).unsqueeze(1)
+        expected = torch.softmax(clf.model(x), 1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_predict_proba_batches_large_inputs(tmp_path):
+    clf = _classifier(tmp_path, "minmax")
+    faces = np.random.default_rng(1).integers(0, 256, (20000, 48, 48), dtype=np.uint8)
+    probs = clf.predict_proba(faces, batch_size=1000)
+    assert probs.shape == (20000, 7)
+    np.testing.assert_allclose(
+        probs[[0, 9999, 19999]], clf.predict_proba(faces[[0, 9999, 19999]]), atol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"faces must be uint8 \(N, 48, 48\)"):
+        clf.predict_proba(faces[:2].astype(np.float32))
+
+
+def test_flip_tta_is_mirror_invariant(tmp_path):
+    clf = _classifier(tmp_path, "minmax")
+    faces = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    a = predict_logits(clf.model, faces, clf.preprocess, tta="flip")
+    b = predict_logits(clf.model, faces.flip(-1), clf.preprocess, tta="flip")
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, predict_logits(clf.model, faces, clf.preprocess))
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a ferlab checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "y.pt")
+    with pytest.raises(ValueError, match="needs model_name, model, preprocess"):
+        load_checkpoint(tmp_path / "y.pt")
