@@ -57,14 +57,39 @@ class Classifier:
         return self.predict_proba(faces, **kw).argmax(1)
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Classifier:
-    """Load a checkpoint (``.pt`` file or run directory) as a :class:`Classifier`."""
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models inside the package (``load_model(name)``)."""
+    return sorted(p.stem for p in WEIGHTS.glob("*.json"))
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu"):
+    """Load a model as an object with ``predict_proba(faces) -> (N, 7)``.
+
+    ``path``: None or "default" for the model shipped with ferlab, another shipped name
+    (:func:`shipped_models`), a training checkpoint (``.pt`` or run directory), an exported
+    ``.onnx`` file, or a ``.json``/``.safetensors`` pair written by ``ferlab export``.
+    """
+    if path is None:
+        path = "default"
+    if isinstance(path, str) and path in shipped_models():
+        path = WEIGHTS / f"{path}.json"
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from .export import load_onnx
+
+        return load_onnx(path)
+    if path.suffix in (".json", ".safetensors"):
+        from .export import load_safetensors_model
+
+        return load_safetensors_model(path.with_suffix(".json"))
+    if not path.exists() and str(path) == "default":
+        raise FileNotFoundError("no model ships with this install of ferlab (weights/ missing)")
     ckpt = load_checkpoint(path)
-    return Classifier(
-        build_model(ckpt),
-        ckpt["preprocess"],
-        tuple(ckpt["classes"]),
-        name=ckpt["model_name"],
-        meta={"config": ckpt.get("config", {})},
-        device=device,
-    )
+    return Classifier(build_model(ckpt), ckpt["preprocess"], tuple(ckpt["classes"]),
+                      name=ckpt["model_name"],
+                      meta={"model_kwargs": ckpt.get("model_kwargs", {}), "config": ckpt.get("config", {}),
+                            "metrics": ckpt.get("metrics", {})},
+                      device=device)  # fmt: skip

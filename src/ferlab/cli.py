@@ -145,6 +145,141 @@ def evaluate(
     print(text[formats[0]]())
 
 
+@app.command()
+def predict(
+    sources: Annotated[list[str], typer.Argument(help="Images, folders, videos")],
+    model: Annotated[
+        str | None, typer.Option(help="Checkpoint, .onnx, or name [default: shipped]")
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="torch or onnx (exports the model on the fly)")
+    ] = "torch",
+    detector: Annotated[str, typer.Option(help="Face detector (haar, ...) or none")] = "haar",
+    no_detect: Annotated[bool, typer.Option("--no-detect", help="Inputs are face crops")] = False,
+    format: Annotated[
+        str, typer.Option(help="json, csv or md (comma-separated with --out)")
+    ] = "json",
+    out: Annotated[
+        Path | None, typer.Option(help="Write predictions, annotated images/videos here")
+    ] = None,
+    every: Annotated[int, typer.Option(help="Keep every k-th video frame")] = 1,
+    smooth: Annotated[float, typer.Option(help="Video smoothing of probabilities, 0..1")] = 0.0,
+    tta: Annotated[str, typer.Option(help="none or flip")] = "none",
+    batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
+) -> None:
+    """Faces and emotion probabilities in photos, folders and videos."""
+    from .outputs import render, write_predictions
+    from .predict import Predictor, count_frames
+
+    predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size,
+                          tta)  # fmt: skip
+    formats = [f.strip() for f in format.split(",")]
+    stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
+    if out is not None:
+        records, files = write_predictions(stream, out, formats)
+        err.print(f"wrote {len(files)} files under {out}")
+    else:
+        records = [p.to_dict() for p in stream]
+        print(render(records, formats[0]), end="")
+    failed = [r for r in records if r.get("error")]
+    for r in failed:
+        err.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _load(model: str | None, runtime: str):
+    from .classifier import load_model
+
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
+    clf = load_model(model)
+    if runtime == "onnx" and not str(model).endswith(".onnx"):
+        import tempfile
+
+        from .export import export_onnx, load_onnx
+
+        path = Path(tempfile.mkdtemp(prefix="ferlab-")) / "model.onnx"
+        return load_onnx(export_onnx(clf, path))
+    return clf
+
+
+def _progress(stream, total: int | None):
+    from tqdm import tqdm
+
+    # progress on stderr: stdout stays clean for JSON/CSV
+    return tqdm(stream, total=total, unit="img", file=sys.stderr, leave=False,
+                disable=total is not None and total <= 1)  # fmt: skip
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str | None, typer.Argument(help="Checkpoint or run dir [default: shipped]")
+    ] = None,
+    format: Annotated[str, typer.Option(help="onnx or safetensors")] = "onnx",
+    out: Annotated[Path, typer.Option(help="Output file (.onnx) or stem (safetensors)")] = Path(
+        "model.onnx"
+    ),
+) -> None:
+    """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
+    from .classifier import load_model
+    from .export import export_onnx, export_safetensors
+
+    clf = load_model(model)
+    if format == "onnx":
+        console.print(f"wrote {export_onnx(clf, out)}")
+    elif format == "safetensors":
+        console.print("wrote " + ", ".join(map(str, export_safetensors(clf, out))))
+    else:
+        raise ValueError(f"unknown format {format!r}; expected onnx or safetensors")
+
+
+@app.command()
+def experiment(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML (configs/experiments/*.yaml)")],
+    epochs: Annotated[int | None, typer.Option(help="Budget: maximum epochs per trial")] = None,
+    subset: Annotated[
+        float | None, typer.Option(help="Budget: stratified training fraction")
+    ] = None,
+    repeats: Annotated[int | None, typer.Option(help="Budget: seeds per variant")] = None,
+    variants: Annotated[str | None, typer.Option(help="Only these variants (a,b,c)")] = None,
+    backend: Annotated[str, typer.Option(help="local or ray")] = "local",
+    workers: Annotated[int, typer.Option(help="Trials at once (CPU threads are divided)")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (ray backend)")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Parent folder [default: the suite's out]")
+    ] = None,
+) -> None:
+    """Run a suite's unfinished trials (resumable), then write its report."""
+    from .experiments import Suite, run_suite
+    from .report import build_report
+
+    s = Suite.from_yaml(suite)
+    if out is not None:
+        s.out = out
+    chosen = [v.strip() for v in variants.split(",")] if variants else None
+    run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
+    budget = f"Budget: epochs={epochs or s.base.get('epochs', 'config')}, subset={subset or 1.0}, "
+    budget += f"repeats={repeats or s.repeats}."
+    files = build_report(Path(s.out) / s.name, s.baseline_name, s.name,
+                         notes=(s.notes + "\n\n" + budget).strip())  # fmt: skip
+    console.print(f"report: {files[0]}")
+
+
+@app.command()
+def report(
+    runs: Annotated[Path, typer.Argument(help="Folder holding trial results (result.json)")],
+    baseline: Annotated[str, typer.Option(help="Variant to compare against")] = "",
+    title: Annotated[str, typer.Option(help="Report title")] = "",
+) -> None:
+    """Statistics, comparisons and plots over a set of runs: report.md/html, results.csv/json."""
+    from .report import build_report
+
+    files = build_report(runs, baseline, title)
+    console.print(f"report: {files[0]}")
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the registered model architectures."""

@@ -107,3 +107,95 @@ def samples_figure(images: np.ndarray, labels: np.ndarray, per_class: int = 8) -
                 ax.imshow(images[idx[j]], cmap="gray", vmin=0, vmax=255)
         axes[c, 0].set_title(name, fontsize=8, loc="left")
     return fig
+
+
+def timeline_figure(times: np.ndarray, probs: np.ndarray, title: str = "") -> Figure:
+    """Emotion probabilities over time (one line per emotion), e.g. the first face of a video."""
+    from .annotate import COLORS
+
+    fig = _figure(figsize=(10, 3.5))
+    ax = fig.subplots()
+    for i, name in enumerate(EMOTIONS):
+        ax.plot(times, probs[:, i], label=name, color=np.array(COLORS[name]) / 255, lw=1.5)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    return fig
+
+
+def _band(ax, curves: list[list[float]], label: str) -> None:
+    n = min(len(c) for c in curves)
+    arr = np.array([c[:n] for c in curves])
+    x = np.arange(1, n + 1)
+    (line,) = ax.plot(x, arr.mean(0), label=label)
+    ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.2, color=line.get_color())
+
+
+def variant_curves_figure(histories: dict[str, list[list[dict]]]) -> Figure:
+    """Train/val loss and accuracy per variant: mean over repeats with a min-max band."""
+    fig = _figure(figsize=(12, 8))
+    axes = fig.subplots(2, 2)
+    for (i, j), key in zip([(0, 0), (0, 1), (1, 0), (1, 1)],
+                           ["train_loss", "val_loss", "train_acc", "val_acc"], strict=True):  # fmt: skip
+        ax = axes[i, j]
+        for variant, runs in histories.items():
+            if runs:
+                _band(ax, [[float(r[key]) for r in rows] for rows in runs], variant)
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return fig
+
+
+def val_loss_figure(histories: dict[str, list[list[dict]]], key: str) -> Figure:
+    """Validation loss per epoch for variants that differ in ``key`` (batch size, lr)."""
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for variant, runs in histories.items():
+        _band(ax, [[float(r["val_loss"]) for r in rows] for rows in runs], variant)
+    ax.set_title(f"validation loss by {key}")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def f1_bars_figure(f1: dict[str, list[list[float]]]) -> Figure:
+    """Per-class F1 per variant: mean bars, std error bars."""
+    fig = _figure(figsize=(11, 4))
+    ax = fig.subplots()
+    width = 0.8 / max(len(f1), 1)
+    x = np.arange(len(EMOTIONS))
+    for k, (variant, runs) in enumerate(f1.items()):
+        arr = np.array(runs)
+        err = arr.std(0, ddof=1) if len(arr) > 1 else None
+        ax.bar(x + k * width, arr.mean(0), width, yerr=err, label=variant, capsize=2)
+    ax.set_xticks(x + width * (len(f1) - 1) / 2, EMOTIONS)
+    ax.set_ylabel("F1")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    return fig
+
+
+def mean_confusion_figure(confusions: list[np.ndarray], title: str = "") -> Figure:
+    """Row-normalised confusion matrix averaged over runs."""
+    mats = [c / np.maximum(c.sum(1, keepdims=True), 1) for c in confusions]
+    mean = np.mean(mats, axis=0)
+    fig = _figure(figsize=(6, 5))
+    ax = fig.subplots()
+    ax.imshow(mean, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    for i in range(len(EMOTIONS)):
+        for j in range(len(EMOTIONS)):
+            ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if mean[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_title(f"{title} (mean of {len(confusions)} runs, row-normalised)")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return fig

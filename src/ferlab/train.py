@@ -45,16 +45,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_splits(cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """uint8 images and int64 labels for train and val, as tensors (CPU)."""
+def load_splits(cfg: TrainConfig, with_test: bool = False) -> dict[str, torch.Tensor]:
+    """uint8 images and int64 labels as CPU tensors: train (subset applied), val, test."""
     splits = split_dataset(load_dataset(cfg.data, cfg.ignore_unknown), cfg.split, cfg.seed)
-    train = stratified_subset(splits["train"], cfg.subset, cfg.seed)
-    return {
-        "train_x": torch.from_numpy(train.images),
-        "train_y": torch.from_numpy(train.labels),
-        "val_x": torch.from_numpy(splits["val"].images),
-        "val_y": torch.from_numpy(splits["val"].labels),
-    }
+    splits["train"] = stratified_subset(splits["train"], cfg.subset, cfg.seed)
+    out = {}
+    for key in ("train", "val", "test") if with_test else ("train", "val"):
+        out[f"{key}_x"] = torch.from_numpy(splits[key].images)
+        out[f"{key}_y"] = torch.from_numpy(splits[key].labels)
+    return out
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""Draw faces on images: a box, the top emotion and a bar per emotion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .data import EMOTIONS
+
+if TYPE_CHECKING:
+    from .predict import Face
+
+# one colour per emotion (RGB), shared by boxes, bars and plots
+COLORS = {
+    "angry": (220, 50, 47),
+    "disgust": (133, 153, 0),
+    "fear": (108, 113, 196),
+    "happy": (255, 193, 7),
+    "sad": (38, 139, 210),
+    "surprise": (211, 54, 130),
+    "neutral": (160, 160, 160),
+}
+
+
+def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """A copy of the RGB ``image`` with each face annotated."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    scale = max(0.4, min(w, h) / 900)  # text and lines grow with the image
+    thick = max(1, round(2 * scale))
+    for face in faces:
+        x, y, bw, bh = face.box
+        color = COLORS[face.label]
+        cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick)
+        text = f"{face.label} {face.confidence:.0%}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y - 4 if y - th - 8 > 0 else y + bh + th + 4
+        cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + base - 2), color, -1)
+        cv2.putText(out, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick,
+                    cv2.LINE_AA)  # fmt: skip
+        _bars(out, face, x + bw + 4 if x + bw + 4 + 110 * scale < w else max(0, x - 114 * scale),
+              y, scale)  # fmt: skip
+    return out
+
+
+def _bars(out: np.ndarray, face: Face, x0: float, y0: int, scale: float) -> None:
+    import cv2
+
+    row = max(8, round(14 * scale))
+    width = round(60 * scale)
+    fs = 0.35 * scale * 1.4
+    for i, name in enumerate(EMOTIONS):
+        y = int(y0 + i * row)
+        if y + row > out.shape[0]:
+            break
+        p = float(face.probs[i])
+        cv2.rectangle(out, (int(x0), y + 2), (int(x0) + width, y + row - 2), (40, 40, 40), -1)
+        cv2.rectangle(out, (int(x0), y + 2), (int(x0 + width * p), y + row - 2), COLORS[name], -1)
+        cv2.putText(out, f"{name[:3]} {p:.2f}", (int(x0) + width + 3, y + row - 3),
+                    cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip

@@ -1,0 +1,100 @@
+"""Where experiment trials run: one after another, in worker processes, or on Ray.
+
+Every backend calls ``experiments.run_trial(cfg, split, threads)`` once per trial; a trial
+that raises is already recorded in its ``error.json`` and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
+
+from .config import TrainConfig
+from .experiments import Trial, run_trial, threads_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def _status(done: int, failed: int, running: int, total: int, last: str) -> None:
+    log.info("[%d done, %d failed, %d running, %d left] %s", done, failed, running,
+             total - done - failed - running, last)  # fmt: skip
+
+
+def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 1) -> None:
+    total, done, failed = len(todo), 0, 0
+    if workers <= 1:
+        for cfg, trial in todo:
+            _status(done, failed, 1, total, f"running {trial.variant}/seed{trial.seed}")
+            try:
+                run_trial(cfg, split)
+                done += 1
+            except Exception as e:
+                failed += 1
+                log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
+        _status(done, failed, 0, total, "finished")
+        return
+    threads = threads_per_worker(workers)
+    # spawn, not fork: a forked process inherits torch's thread pool in an unsafe state
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures: dict[Any, Trial] = {
+            pool.submit(run_trial, cfg, split, threads): trial for cfg, trial in todo
+        }
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                trial = futures[f]
+                try:
+                    f.result()  # a killed worker raises BrokenProcessPool here
+                    done += 1
+                except Exception as e:
+                    failed += 1
+                    log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
+                    _record_crash(trial, e)
+                _status(done, failed, min(len(pending), workers), total,
+                        f"{trial.variant}/seed{trial.seed} finished")  # fmt: skip
+
+
+def run_ray(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 1,
+            address: str | None = None) -> None:  # fmt: skip
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install 'ferlab[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        cpus = max(1, int(ray.available_resources().get("CPU", 1)) // max(workers, 1))
+        gpus = 1 if ray.available_resources().get("GPU", 0) >= 1 else 0
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_trial)
+        refs = {remote.remote(cfg, split, cpus): trial for cfg, trial in todo}
+        total, done, failed = len(refs), 0, 0
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            trial = refs[ready[0]]
+            try:
+                ray.get(ready[0])
+                done += 1
+            except Exception as e:  # RayTaskError or a dead worker
+                failed += 1
+                log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
+                _record_crash(trial, e)
+            _status(done, failed, len(pending), total, f"{trial.variant}/seed{trial.seed} finished")
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _record_crash(trial: Trial, error: BaseException) -> None:
+    """A worker killed outright never wrote error.json: write it for the report."""
+    import json
+
+    from .data import atomic_write_bytes
+
+    if not (trial.run_dir / "error.json").is_file():
+        payload = {"error": f"{type(error).__name__}: {error}", "traceback": ""}
+        atomic_write_bytes(trial.run_dir / "error.json", json.dumps(payload).encode())

@@ -1,0 +1,166 @@
+"""Experiment suites: a base config, named variants, repeats (seeds), run as ordinary trainings.
+
+Each trial (variant, seed) is a training run in ``<out>/<suite>/<variant>/seed<k>/`` followed
+by one evaluation on the suite's report split, saved as ``result.json``. A trial with a
+``result.json`` is never run again, so a killed suite continues where it stopped and a new
+variant runs only its own trials. A failing trial writes ``error.json`` and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import TrainConfig
+from .data import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+SUITE_KEYS = {"name", "base", "base_config", "variants", "repeats", "report_split", "baseline",
+              "out", "notes"}  # fmt: skip
+
+
+@dataclass
+class Suite:
+    name: str
+    base: dict[str, Any]  # TrainConfig overrides shared by every variant
+    variants: dict[str, dict[str, Any]]  # name -> overrides; may hold its own `repeats`
+    repeats: int = 3
+    report_split: str = "test"  # split evaluated once per finished trial: test (PrivateTest) or val
+    baseline: str = ""  # variant compared against; "" = the first
+    out: str = "runs/experiments"
+    notes: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Suite:
+        path = Path(path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(raw) - SUITE_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: unknown suite key(s) {unknown}; valid: {sorted(SUITE_KEYS)}")
+        base: dict[str, Any] = {}
+        if raw.get("base_config"):
+            cfg_path = (path.parent / raw["base_config"]).resolve()
+            base.update(yaml.safe_load(cfg_path.read_text()) or {})
+        base.update(raw.get("base") or {})
+        variants = raw.get("variants") or {"baseline": {}}
+        suite = cls(raw.get("name", path.stem), base, {k: dict(v or {}) for k, v in
+                    variants.items()}, raw.get("repeats", 3), raw.get("report_split", "test"),
+                    raw.get("baseline", ""), raw.get("out", "runs/experiments"),
+                    raw.get("notes", ""))  # fmt: skip
+        suite.validate()
+        return suite
+
+    def validate(self) -> None:
+        if self.report_split not in ("test", "val"):
+            raise ValueError(f"report_split must be test or val, got {self.report_split!r}")
+        if self.baseline and self.baseline not in self.variants:
+            raise ValueError(f"baseline {self.baseline!r} is not a variant: {list(self.variants)}")
+        for name in self.variants:
+            self.config(name, 0)  # unknown keys fail now, not hours into the suite
+
+    @property
+    def baseline_name(self) -> str:
+        return self.baseline or next(iter(self.variants))
+
+    def config(self, variant: str, seed: int, **budget: Any) -> TrainConfig:
+        values = {**self.base, **self.variants[variant]}
+        values.pop("repeats", None)
+        values.update({k: v for k, v in budget.items() if v is not None})
+        values.update(seed=seed, out=str(Path(self.out) / self.name / variant),
+                      name=f"seed{seed}")  # fmt: skip
+        return TrainConfig.from_dict(values)
+
+    def trials(self, repeats: int | None = None, variants: Sequence[str] | None = None
+               ) -> list[Trial]:  # fmt: skip
+        chosen = list(variants) if variants else list(self.variants)
+        missing = sorted(set(chosen) - set(self.variants))
+        if missing:
+            raise ValueError(f"unknown variant(s) {missing}; suite has {list(self.variants)}")
+        out = []
+        for v in chosen:
+            n = repeats if repeats is not None else self.variants[v].get("repeats", self.repeats)
+            out += [Trial(v, seed, Path(self.out) / self.name / v / f"seed{seed}")
+                    for seed in range(n)]  # fmt: skip
+        return out
+
+
+@dataclass
+class Trial:
+    variant: str
+    seed: int
+    run_dir: Path
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "result.json").is_file()
+
+    @property
+    def failed(self) -> bool:
+        return (self.run_dir / "error.json").is_file() and not self.done
+
+
+def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str, Any]:
+    """Train (resuming a killed trial), evaluate best.pt once on ``report_split``, save."""
+    import torch
+
+    from .classifier import load_model
+    from .evaluate import evaluate_logits, predict_logits
+    from .train import load_splits, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(cfg.out) / cfg.name
+    (run_dir / "error.json").unlink(missing_ok=True)
+    try:
+        if (run_dir / "last.pt").is_file():
+            train(cfg, resume=run_dir)
+        else:
+            train(cfg)
+        clf = load_model(run_dir / "best.pt")
+        data = load_splits(cfg, with_test=True)
+        x, y = data[f"{report_split}_x"], data[f"{report_split}_y"]
+        metrics = evaluate_logits(predict_logits(clf.model, x, clf.preprocess), y)
+        result = {"variant": run_dir.parent.name, "seed": cfg.seed, "split": report_split,
+                  "metrics": metrics.to_dict(), "config": cfg.to_dict()}  # fmt: skip
+        atomic_write_bytes(run_dir / "result.json", json.dumps(result, indent=2).encode())
+        return result
+    except Exception as e:  # a failed trial is recorded, the suite goes on
+        error = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        atomic_write_bytes(run_dir / "error.json", json.dumps(error, indent=2).encode())
+        raise
+
+
+Runner = Callable[[list[tuple[TrainConfig, Trial]], str, int], None]
+
+
+def run_suite(suite: Suite, backend: str = "local", workers: int = 1, address: str | None = None,
+              repeats: int | None = None, variants: Sequence[str] | None = None,
+              **budget: Any) -> list[Trial]:  # fmt: skip
+    """Run the suite's unfinished trials; returns every trial (done, failed or skipped)."""
+    trials = suite.trials(repeats, variants)
+    todo = [(suite.config(t.variant, t.seed, **budget), t) for t in trials if not t.done]
+    log.info("%s: %d trials, %d done, %d to run", suite.name, len(trials),
+             len(trials) - len(todo), len(todo))  # fmt: skip
+    if todo:
+        from .backends import run_local, run_ray
+
+        if backend == "local":
+            run_local(todo, suite.report_split, workers)
+        elif backend == "ray":
+            run_ray(todo, suite.report_split, workers, address)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; expected local or ray")
+    return trials
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))

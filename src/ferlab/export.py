@@ -1,0 +1,274 @@
+"""Export a :class:`~ferlab.classifier.Classifier` to ONNX or safetensors; load both back.
+
+ONNX graphs take raw pixels (normalisation is in the graph) and describe themselves in
+``metadata_props``. Safetensors exports are weights plus a JSON file saying how to rebuild
+the network: the form in which ferlab ships its default model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .classifier import Classifier
+from .data import atomic_write_bytes
+from .models import create_model
+from .transforms import scale
+
+log = logging.getLogger(__name__)
+
+INPUT = "raw 0..255 float32 (N,1,48,48)"
+REQUIRED = ("model_name", "classes", "preprocess")  # metadata every export must carry
+TRAINING_KEYS = ("model_kwargs", "metrics", "config")  # Classifier.meta entries worth shipping
+
+
+class _Pixels(nn.Module):
+    """Raw 0..255 pixels in; logits and probabilities out. Mirrors transforms.to_input."""
+
+    def __init__(self, model: nn.Module, spec: dict):
+        super().__init__()
+        self.model = model
+        self.spec = dict(spec)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(scale(x / 255, self.spec)).float()
+        return logits, torch.softmax(logits, 1)
+
+
+def _describe(classifier: Classifier) -> dict:
+    """What an export records besides the weights."""
+    from . import __version__  # lazy: the package __init__ may import this module
+
+    meta = classifier.meta
+    info = {
+        "model_name": classifier.name,
+        "model_kwargs": {},
+        "classes": list(classifier.classes),
+        "preprocess": dict(classifier.preprocess),
+        "ferlab_version": __version__,
+    }
+    info.update({k: meta[k] for k in TRAINING_KEYS if k in meta})
+    # load_model keeps the config, whose model_kwargs are the checkpoint's
+    if "model_kwargs" not in meta and "model_kwargs" in meta.get("config", {}):
+        info["model_kwargs"] = meta["config"]["model_kwargs"]
+    return info
+
+
+def export_onnx(
+    classifier: Classifier,
+    path: str | Path,
+    opset: int = 17,
+    check: bool = True,
+    faces: np.ndarray | None = None,
+) -> Path:
+    """Write ``classifier`` as ONNX: input ``faces`` (N, 1, 48, 48) raw pixels, outputs
+    ``logits`` and ``probs`` (N, 7). With ``check``, ONNX Runtime must match
+    ``classifier.predict_proba`` on ``faces`` (default: random) within 1e-4.
+    """
+    import onnx
+
+    wrapper = _Pixels(classifier.model.eval(), classifier.preprocess).eval()
+    # batch 2, not 1, so the tracer cannot specialise any shape to a single face
+    dummy = torch.zeros(2, 1, 48, 48, device=classifier.device)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter: torch's default (dynamo) one needs onnxscript, an extra
+        # dependency, and gains nothing for plain CNNs. Its deprecation notice is just noise.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Shape tests such as vgg's `x.shape[1] == 1` become constants: right, as channels are
+        # fixed at 1, and the parity check below runs another batch size than this trace.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            f"{tmp}/model.onnx",
+            input_names=["faces"],
+            output_names=["logits", "probs"],
+            dynamic_axes={name: {0: "batch"} for name in ("faces", "logits", "probs")},
+            opset_version=opset,
+            dynamo=False,
+        )
+        proto = onnx.load(f"{tmp}/model.onnx")
+    info = _describe(classifier)
+    info["preprocess"]["input"] = INPUT  # a note for readers: the graph applies it already
+    props = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in info.items()}
+    props["input_size"] = str(classifier.preprocess.get("size", 48))
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    if check:  # before writing, so a bad export never replaces a good file
+        if faces is None:
+            faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48), dtype=np.uint8)
+        got = OnnxClassifier(data, threads=1).predict_proba(faces)
+        diff = float(np.abs(got - classifier.predict_proba(faces)).max(initial=0.0))
+        if diff > 1e-4:
+            raise RuntimeError(f"ONNX export disagrees with PyTorch: max abs diff {diff:.2e}")
+        log.info("ONNX parity on %d faces: max abs diff %.2e", len(faces), diff)
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _check_faces(faces: np.ndarray) -> np.ndarray:
+    faces = np.asarray(faces)  # same rules and message as Classifier.predict_proba
+    if faces.ndim == 2:
+        faces = faces[None]
+    if faces.ndim != 3 or faces.shape[1:] != (48, 48) or faces.dtype != np.uint8:
+        raise ValueError(f"faces must be uint8 (N, 48, 48), got {faces.dtype} {tuple(faces.shape)}")
+    return faces
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+class OnnxClassifier:
+    """An exported ``.onnx`` file (path or bytes) run by ONNX Runtime, as a Classifier."""
+
+    def __init__(self, source: str | Path | bytes, threads: int = 0):
+        import onnxruntime as ort
+
+        where = "<bytes>" if isinstance(source, bytes) else str(source)
+        if not isinstance(source, bytes) and not Path(source).is_file():
+            raise FileNotFoundError(f"{where}: ONNX model not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0 = ONNX Runtime's choice (all cores)
+        try:
+            self.session = ort.InferenceSession(
+                source if isinstance(source, bytes) else str(source),
+                opts,
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as e:  # ONNX Runtime raises its own pybind types; one clear line
+            raise ValueError(f"{where}: not a valid ONNX model ({type(e).__name__}: {e})") from None
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [k for k in REQUIRED if k not in props]
+        if missing:
+            raise ValueError(f"{where}: not a ferlab export (metadata lacks {', '.join(missing)})")
+        self.classes = tuple(json.loads(props.pop("classes")))
+        self.preprocess = json.loads(props.pop("preprocess"))
+        self.preprocess.pop("input", None)
+        self.name = props.pop("model_name")
+        self.meta = {k: json.loads(v) if k in TRAINING_KEYS else v for k, v in props.items()}
+
+    def _run(self, x: np.ndarray, output: str) -> np.ndarray:
+        return self.session.run([output], {"faces": x})[0]
+
+    def predict_proba(
+        self, faces: np.ndarray, batch_size: int = 256, tta: str = "none"
+    ) -> np.ndarray:
+        """float32 ``(N, 7)`` probabilities in ``classes`` order for uint8 faces ``(N, 48, 48)``.
+
+        ``tta="flip"`` averages the log-probabilities of each face and its mirror, then takes
+        the softmax: the same numbers as ``Classifier.predict_proba(..., tta="flip")``.
+        """
+        faces = _check_faces(faces)
+        if tta not in ("none", "flip"):
+            raise ValueError(f"unknown tta {tta!r}; expected 'none' or 'flip'")
+        out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
+        for i in range(0, len(faces), batch_size):
+            x = faces[i : i + batch_size, None].astype(np.float32)
+            if tta == "none":
+                out[i : i + batch_size] = self._run(x, "probs")
+                continue
+            mirror = np.ascontiguousarray(x[..., ::-1])
+            logp = _log_softmax(self._run(x, "logits")) + _log_softmax(self._run(mirror, "logits"))
+            out[i : i + batch_size] = np.exp(_log_softmax(logp / 2))
+        return out
+
+    def predict(self, faces: np.ndarray, **kw) -> np.ndarray:
+        """Predicted class indices ``(N,)``."""
+        return self.predict_proba(faces, **kw).argmax(1)
+
+
+def load_onnx(path: str | Path, threads: int = 0) -> OnnxClassifier:
+    """Load an ``.onnx`` file written by :func:`export_onnx`."""
+    return OnnxClassifier(Path(path), threads)
+
+
+def _stem(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+
+
+def export_safetensors(
+    classifier: Classifier, path: str | Path, fp16: bool = True, extra: dict | None = None
+) -> tuple[Path, Path]:
+    """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (how to rebuild them).
+
+    ``path`` is a stem such as ``weights/default``, or an existing directory (the files are
+    then named after the model). ``extra`` adds keys to the JSON, e.g. the training command.
+    """
+    from safetensors.torch import save
+
+    stem = Path(path) / classifier.name if Path(path).is_dir() else _stem(path)
+    info = {**_describe(classifier), "dtype": "float16" if fp16 else "float32"}
+    clash = sorted(set(extra or {}) & {*REQUIRED, "model_kwargs", "dtype"})
+    if clash:
+        raise ValueError(f"extra must not set {', '.join(clash)}: the exporter writes them")
+    info.update(extra or {})
+    state = {}
+    for key, value in classifier.model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if fp16 and value.is_floating_point():
+            half = value.half()
+            # keep float32 where fp16 overflows, e.g. BN running_var on raw 0..255 input
+            value = half if bool(torch.isfinite(half).all()) else value.float()
+        state[key] = value
+    # rebuild now, so a wrong model_kwargs fails here and not when the shipped file is loaded
+    _build(info, state, f"{classifier.name!r} with model_kwargs {info['model_kwargs']}")
+    weights, meta = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    atomic_write_bytes(weights, save(state, metadata={"format": "pt"}))
+    atomic_write_bytes(meta, (json.dumps(info, indent=2, default=str) + "\n").encode())
+    return weights, meta
+
+
+def _build(info: dict, state: dict[str, torch.Tensor], where: str) -> nn.Module:
+    model = create_model(
+        info["model_name"], num_classes=len(info["classes"]), **info.get("model_kwargs", {})
+    )
+    try:
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        )
+    except RuntimeError as e:  # torch lists every missing/mismatched tensor
+        raise ValueError(f"{where}: weights do not fit the model ({e})") from None
+    return model.eval()
+
+
+def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
+    """Load a ``.json``/``.safetensors`` pair written by :func:`export_safetensors`.
+
+    ``path`` is either file or their common stem; weights come back as float32.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    stem = _stem(path)
+    meta, weights = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
+    for p in (meta, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: not found")
+    try:
+        info = json.loads(meta.read_text())
+        state = load_file(str(weights))
+    except (ValueError, SafetensorError) as e:
+        raise ValueError(f"{stem}: not a ferlab safetensors export ({e})") from None
+    missing = [k for k in REQUIRED if k not in info]
+    if missing:
+        raise ValueError(f"{meta}: not a ferlab export (lacks {', '.join(missing)})")
+    return Classifier(
+        _build(info, state, str(weights)),
+        info["preprocess"],
+        tuple(info["classes"]),
+        name=info["model_name"],
+        meta={k: v for k, v in info.items() if k not in REQUIRED},
+        device=device,
+    )

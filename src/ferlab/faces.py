@@ -1,0 +1,237 @@
+"""Face detectors and FER-2013-style face crops.
+
+Images are RGB uint8 ``(H, W, 3)`` or grayscale ``(H, W)`` arrays; a box is ``(x, y, w, h)``
+in image pixels. Every detector returns boxes in the framing of OpenCV's Haar cascade, so one
+:data:`MARGIN` turns a box from any of them into a FER-2013-like crop. Measurements behind
+the constants below are in docs/DETECTORS.md.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+DETECTORS = ("haar", "mediapipe", "none")
+CASCADE = "haarcascade_frontalface_default.xml"
+
+# FER-2013 faces fill their frame. On 400 random Training faces (upscaled to 192 px and padded
+# with 48 px of edge pixels, so that a face filling the frame can still be found) HaarDetector
+# finds 307 with a median side of 0.964 of the frame (IQR 0.90-1.03), centred at (0.50, 0.50):
+# margin = (1 / 0.964 - 1) / 2 = 0.019 per side. Unpadded, the median is 0.846 (margin 0.09),
+# but a third of the faces go undetected and Haar shrinks the rest away from the image edges.
+MARGIN = 0.02
+
+# BlazeFace's box is tighter and lower than Haar's: on the 307 padded FER-2013 faces both find,
+# Haar's side is 1.127 times BlazeFace's (median) and its centre 0.111 BlazeFace sides higher.
+# Mapping BlazeFace boxes onto Haar's framing lets one MARGIN serve both backends.
+MEDIAPIPE_SCALE = 1.127
+MEDIAPIPE_SHIFT = 0.111  # upwards, in units of the BlazeFace box side
+
+
+class FaceDetector(Protocol):
+    """Anything with a ``name`` and ``detect(image) -> boxes``."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        """Face boxes ``(x, y, w, h)``, sorted left to right and clipped to the image."""
+        ...
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """uint8 grayscale view of an RGB, RGBA or grayscale uint8 image."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        code = cv2.COLOR_RGB2GRAY if image.shape[2] == 3 else cv2.COLOR_RGBA2GRAY
+        return cv2.cvtColor(image, code)
+    raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {image.shape}")
+
+
+def _finish(boxes: list[tuple[float, float, float, float]], shape: tuple[int, ...]) -> list[Box]:
+    """Round, clip to the image, drop empty boxes and sort left to right."""
+    height, width = shape[:2]
+    out = []
+    for x, y, w, h in boxes:
+        x0, y0 = max(0, round(x)), max(0, round(y))
+        x1, y1 = min(width, round(x + w)), min(height, round(y + h))
+        if x1 > x0 and y1 > y0:
+            out.append((x0, y0, x1 - x0, y1 - y0))
+    return sorted(out)
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade (ships inside the opencv-python<5 wheels).
+
+    Args:
+        scale_factor: image pyramid step; 1.05 finds more faces at twice the cost.
+        min_neighbors: overlapping hits needed to keep a box; lower finds more and worse.
+        min_face: smallest face side, as a fraction of the shorter image side.
+        max_side: larger images are shrunk to this side before detection, for speed.
+        equalize: equalise the gray histogram first (helps dim and low-contrast photos).
+    """
+
+    name = "haar"
+
+    def __init__(
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_face: float = 0.05,
+        max_side: int = 640,
+        equalize: bool = True,
+    ):
+        # cv2.data is absent from opencv 5.x wheels, which no longer carry the cascades
+        folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
+        path = os.path.join(folder, CASCADE)
+        if not folder or not os.path.isfile(path):
+            raise RuntimeError(
+                f"{CASCADE} not found (opencv-python {cv2.__version__}); the cascades ship "
+                "only with opencv-python-headless<5: pip install 'opencv-python-headless<5'"
+            )
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise RuntimeError(f"{path}: OpenCV could not load the cascade")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_face = min_face
+        self.max_side = max_side
+        self.equalize = equalize
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        gray = to_gray(image)
+        scale = min(1.0, self.max_side / max(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if self.equalize:
+            gray = cv2.equalizeHist(gray)
+        side = max(24, round(self.min_face * min(gray.shape)))  # 24: the cascade's window
+        found = self.cascade.detectMultiScale(
+            gray, self.scale_factor, self.min_neighbors, minSize=(side, side)
+        )
+        boxes = [(x / scale, y / scale, w / scale, h / scale) for x, y, w, h in found]
+        return _finish(boxes, image.shape)
+
+
+class MediaPipeDetector:
+    """MediaPipe BlazeFace short-range model (optional extra: ``pip install ferlab[mediapipe]``).
+
+    Needs ``mediapipe==0.10.21``, the last wheel that bundles the model, which pins numpy<2
+    and supports Python 3.9-3.12 only (see docs/DETECTORS.md). Faces beyond about 2 m from the
+    camera (small in a large photo) are missed; use Haar for those.
+
+    Args:
+        min_confidence: detection score threshold in 0..1.
+    """
+
+    name = "mediapipe"
+
+    def __init__(self, min_confidence: float = 0.5):
+        try:  # imported here: mediapipe is an optional extra with a numpy<2 pin
+            from mediapipe.python.solutions import face_detection
+        except ImportError as e:
+            raise ImportError(
+                f"the 'mediapipe' face detector needs mediapipe==0.10.21 ({e}): "
+                "pip install 'ferlab[mediapipe]' (Python <= 3.12, downgrades numpy to 1.x)"
+            ) from e
+        self._detector = face_detection.FaceDetection(
+            model_selection=0, min_detection_confidence=min_confidence
+        )
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        gray = to_gray(image)  # validates dtype and shape
+        color = image.ndim == 3 and image.shape[2] >= 3
+        rgb = image[:, :, :3] if color else cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+        result = self._detector.process(np.ascontiguousarray(rgb))
+        height, width = gray.shape
+        boxes = []
+        for det in result.detections or ():
+            rel = det.location_data.relative_bounding_box
+            w, h = rel.width * width, rel.height * height
+            cx = rel.xmin * width + w / 2
+            cy = rel.ymin * height + h / 2 - MEDIAPIPE_SHIFT * h
+            w, h = w * MEDIAPIPE_SCALE, h * MEDIAPIPE_SCALE
+            boxes.append((cx - w / 2, cy - h / 2, w, h))
+        return _finish(boxes, image.shape)
+
+
+class WholeImageDetector:
+    """One box covering the whole image: for inputs that are already face crops."""
+
+    name = "none"
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        height, width = np.asarray(image).shape[:2]
+        return [(0, 0, width, height)]
+
+
+def list_detectors() -> list[str]:
+    """Names accepted by :func:`create_detector`."""
+    return list(DETECTORS)
+
+
+def create_detector(name: str = "haar", **kw) -> FaceDetector:
+    """Build a face detector by name: "haar", "mediapipe" or "none".
+
+    Args:
+        name: detector name, see :func:`list_detectors`.
+        **kw: passed to the detector class (e.g. ``min_neighbors=3`` for "haar").
+    """
+    if name == "haar":
+        return HaarDetector(**kw)
+    elif name == "mediapipe":
+        return MediaPipeDetector(**kw)
+    elif name == "none":
+        return WholeImageDetector(**kw)
+    raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+def _crop(gray: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
+    x, y, w, h = box
+    height, width = gray.shape
+    if w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise ValueError(f"box {tuple(box)} is empty or outside the {width}x{height} image")
+    # a square around the box centre: FER-2013 faces are square and centred
+    side = max(1, round(max(w, h) * (1 + 2 * margin)))
+    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+    x1, y1 = x0 + side, y0 + side
+    crop = gray[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
+    pad = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
+    if any(pad):  # edge pixels keep a face at the border where it was in the frame
+        crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_REPLICATE)
+    # area averaging anti-aliases when shrinking; it only degrades to blocky when enlarging
+    interp = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def crop_face(image: np.ndarray, box: Box, margin: float = MARGIN, size: int = 48) -> np.ndarray:
+    """Crop one face the way FER-2013 frames it: uint8 grayscale ``(size, size)``.
+
+    Args:
+        image: RGB or grayscale uint8 image.
+        box: ``(x, y, w, h)`` from a detector.
+        margin: extra border on each side, as a fraction of the box side.
+        size: output side in pixels.
+    """
+    return _crop(to_gray(image), box, margin, size)
+
+
+def crop_faces(
+    image: np.ndarray, boxes: list[Box], margin: float = MARGIN, size: int = 48
+) -> np.ndarray:
+    """Crop every box of one image: uint8 ``(N, size, size)``, ``(0, size, size)`` if none."""
+    gray = to_gray(image)
+    out = np.empty((len(boxes), size, size), dtype=np.uint8)
+    for i, box in enumerate(boxes):
+        out[i] = _crop(gray, box, margin, size)
+    return out

@@ -1,0 +1,146 @@
+"""Prediction outputs: JSON, CSV (a row per face), a Markdown summary, annotated media.
+
+Writers take the plain dicts of ``Prediction.to_dict()`` so a long run never holds images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import EMOTIONS, atomic_write_bytes
+
+CSV_FIELDS = ["path", "frame", "time", "face", "x", "y", "w", "h", "label", "confidence",
+              *EMOTIONS]  # fmt: skip
+
+
+def to_json(records: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(records), indent=2)
+
+
+def to_csv(records: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in records:
+        for i, face in enumerate(r["faces"]):
+            probs = [face["emotions"][e] for e in EMOTIONS]
+            best = int(np.argmax(probs))
+            t = r.get("time")
+            w.writerow([r["path"] or "", r.get("frame", ""), "" if t is None else f"{t:.3f}", i,
+                        *face["box"], EMOTIONS[best], f"{probs[best]:.4f}",
+                        *(f"{p:.4f}" for p in probs)])  # fmt: skip
+    return buf.getvalue()
+
+
+def to_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """Counts of dominant emotions and mean probabilities over all faces."""
+    faces = [f for r in records for f in r["faces"]]
+    errors = [r for r in records if r.get("error")]
+    probs = np.array([[f["emotions"][e] for e in EMOTIONS] for f in faces]).reshape(-1, 7)
+    dominant = Counter(EMOTIONS[int(i)] for i in probs.argmax(1)) if len(faces) else Counter()
+    lines = ["# Expression summary", "",
+             f"- images or frames: {len(records) - len(errors)}",
+             f"- faces: {len(faces)}",
+             f"- without a face: {sum(1 for r in records if not r['faces'] and not r.get('error'))}",
+             f"- unreadable: {len(errors)}", "",
+             "| emotion | dominant in | share | mean probability |", "|---|---|---|---|"]  # fmt: skip
+    for i, e in enumerate(EMOTIONS):
+        n = dominant.get(e, 0)
+        share = n / len(faces) if faces else 0.0
+        mean = float(probs[:, i].mean()) if len(faces) else 0.0
+        lines.append(f"| {e} | {n} | {share:.1%} | {mean:.3f} |")
+    for r in errors:
+        lines.append(f"\n- error: {r['error']}")
+    return "\n".join(lines) + "\n"
+
+
+FORMATS = {"json": to_json, "csv": to_csv, "md": to_markdown}
+
+
+def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
+    return FORMATS[fmt](records)
+
+
+class VideoSink:
+    """Writes annotated frames of each video to its own .mp4, finished atomically."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.writers: dict[str, tuple[Any, Path, Path]] = {}
+
+    def write(self, video: str, frame_rgb: np.ndarray, fps: float) -> None:
+        import cv2
+
+        if video not in self.writers:
+            final = self.out_dir / f"{Path(video).stem}_annotated.mp4"
+            tmp = final.with_name(f".{final.name}.tmp.mp4")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame_rgb.shape[:2]
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+            self.writers[video] = (writer, tmp, final)
+        self.writers[video][0].write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> list[Path]:
+        done = []
+        for writer, tmp, final in self.writers.values():
+            writer.release()
+            os.replace(tmp, final)
+            done.append(final)
+        self.writers.clear()
+        return done
+
+
+def write_text(path: Path, text: str) -> Path:
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def write_predictions(predictions, out_dir: str | Path, formats: Sequence[str] = ("json", "csv",
+                      "md"), annotate: bool = True) -> tuple[list[dict[str, Any]], list[Path]]:  # fmt: skip
+    """Consume ``predictions`` and write predictions.{json,csv,md}, annotated images and
+    videos and, for videos, an emotion timeline under ``out_dir``. Returns (records, files)."""
+    from .plots import save_figure, timeline_figure
+
+    out = Path(out_dir)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
+    records: list[dict[str, Any]] = []
+    files: list[Path] = []
+    sink = VideoSink(out)
+    names: Counter[str] = Counter()
+    try:
+        for pred in predictions:
+            records.append(pred.to_dict())
+            if not annotate or pred.error:
+                continue
+            if pred.frame is not None:
+                sink.write(pred.path or "video", pred.plot(), pred.fps or 10.0)
+            else:
+                stem = Path(pred.path).stem if pred.path else "array"
+                names[stem] += 1  # same stem in two folders: keep both
+                suffix = f"_{names[stem]}" if names[stem] > 1 else ""
+                files.append(pred.save(out / "annotated" / f"{stem}{suffix}.jpg"))
+    finally:
+        files += sink.close()
+    for fmt in formats:
+        files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
+    for video in sorted({r["path"] for r in records if "frame" in r}):
+        rows = [r for r in records if r["path"] == video and "frame" in r and r["faces"]]
+        if rows:  # the first (leftmost) face of each frame
+            times = np.array([r["time"] if r["time"] is not None else r["frame"] for r in rows])
+            probs = np.array([[r["faces"][0]["emotions"][e] for e in EMOTIONS] for r in rows])
+            fig = timeline_figure(times, probs, title=Path(video).name)
+            files.append(save_figure(fig, out / f"{Path(video).stem}_timeline.png"))
+    return records, files

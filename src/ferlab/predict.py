@@ -1,0 +1,293 @@
+"""Predictor: faces and their 7 emotion probabilities in photos, folders, videos and arrays.
+
+``Predictor(model, detector)(source)`` yields one :class:`Prediction` per image or video frame.
+Faces from several images or frames are classified together in batches; videos are streamed
+frame by frame so memory stays flat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .data import EMOTIONS, IMAGE_SUFFIXES
+from .faces import FaceDetector, create_detector, crop_faces
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
+Box = tuple[int, int, int, int]
+
+
+class ProbaModel(Protocol):
+    classes: tuple[str, ...]
+    name: str
+
+    def predict_proba(self, faces: np.ndarray, batch_size: int = ..., tta: str = ...
+                      ) -> np.ndarray: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Face:
+    box: Box  # x, y, w, h in image pixels
+    probs: np.ndarray  # (7,), EMOTIONS order
+
+    @property
+    def label(self) -> str:
+        return EMOTIONS[int(np.argmax(self.probs))]
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probs))
+
+    def top(self, k: int = 7) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probs)[:k]
+        return [(EMOTIONS[i], float(self.probs[i])) for i in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the `fer` package: ``{"box": [x, y, w, h], "emotions": {...}}``."""
+        return {
+            "box": [int(v) for v in self.box],
+            "emotions": {e: round(float(p), 6) for e, p in zip(EMOTIONS, self.probs, strict=True)},
+        }
+
+
+@dataclass
+class Prediction:
+    path: str | None
+    frame: int | None
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    faces: list[Face] = field(default_factory=list)
+    time: float | None = None  # seconds from the start, for video frames
+    error: str | None = None  # set when the source could not be read; faces is then empty
+    fps: float | None = None  # frame rate of the source video
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "faces": [f.to_dict() for f in self.faces]}
+        if self.frame is not None:
+            d.update(frame=self.frame, time=self.time)
+        if self.error:
+            d["error"] = self.error
+        return d
+
+    def plot(self) -> np.ndarray:
+        """The image with boxes, labels and probability bars drawn (RGB uint8)."""
+        from .annotate import draw_faces
+
+        return draw_faces(self.image, self.faces)
+
+    def save(self, path: str | Path) -> Path:
+        from .data import atomic_write_bytes
+
+        path = Path(path)
+        import io
+
+        buf = io.BytesIO()
+        fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+        Image.fromarray(self.plot()).save(buf, format=fmt, quality=92)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+
+def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8, honouring EXIF orientation; refuse huge images."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise ValueError(
+                    f"{path}: image is {im.width}x{im.height} pixels, over the limit of "
+                    f"{max_pixels} (decompression bomb?)"
+                )
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return np.ascontiguousarray(image[..., :3])
+    raise ValueError(f"images must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+
+
+def iter_files(folder: Path) -> list[Path]:
+    """Images and videos under ``folder``, recursively, in sorted order."""
+    kinds = IMAGE_SUFFIXES + VIDEO_SUFFIXES + (".webp", ".tif", ".tiff", ".gif")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in kinds)
+
+
+def _frames(source: Any, every: int) -> Iterator[Prediction]:
+    """Yield empty Predictions (image, path, frame, time) for every image or frame."""
+    if isinstance(source, np.ndarray):
+        yield Prediction(None, None, _as_rgb(source))
+    elif isinstance(source, str | Path):
+        path = Path(source)
+        if path.is_dir():
+            for f in iter_files(path):
+                yield from _frames(f, every)
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            yield from _video_frames(path, every)
+        else:
+            try:
+                yield Prediction(str(path), None, read_rgb(path))
+            except ValueError as e:
+                yield Prediction(str(path), None, np.zeros((0, 0, 3), np.uint8), error=str(e))
+    elif isinstance(source, Iterable):
+        for s in source:
+            yield from _frames(s, every)
+    else:
+        raise TypeError(f"unsupported source {type(source).__name__}: a path, array or list")
+
+
+def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        yield Prediction(str(path), None, np.zeros((0, 0, 3), np.uint8),
+                         error=f"{path}: not a readable video")  # fmt: skip
+        return
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    index = 0
+    try:
+        while True:
+            ok = cap.grab()  # grab without decoding: skipped frames cost little
+            if not ok:
+                break
+            if index % every == 0:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    break
+                t = index / fps if fps > 0 else None
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield Prediction(str(path), index, rgb, time=t, fps=fps / every if fps else None)
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        yield Prediction(str(path), None, np.zeros((0, 0, 3), np.uint8),
+                         error=f"{path}: no frames could be decoded")  # fmt: skip
+
+
+def count_frames(source: Any, every: int = 1) -> int | None:
+    """How many images or frames ``source`` yields (for progress bars); None if unknown."""
+    if isinstance(source, np.ndarray):
+        return 1
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if path.is_dir():
+            files = iter_files(path)
+            return sum(count_frames(f, every) or 1 for f in files)
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            import cv2
+
+            cap = cv2.VideoCapture(str(path))
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            cap.release()
+            return (n + every - 1) // every if n > 0 else None
+        return 1
+    if isinstance(source, Iterable):
+        counts = [count_frames(s, every) for s in source]
+        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+    return None
+
+
+def iou(a: Box, b: Box) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union else 0.0
+
+
+class Predictor:
+    """Detect faces and classify their expressions.
+
+    Args:
+        model: a Classifier or OnnxClassifier (anything with ``predict_proba``); None loads the
+            model shipped with ferlab.
+        detector: a FaceDetector or a name from ``ferlab.faces.list_detectors()``; "none" treats
+            every image as one face crop.
+        batch_size: faces classified per call of the model (across images and frames).
+        tta: "none" or "flip" (average with the mirror image).
+    """
+
+    def __init__(self, model: ProbaModel | None = None, detector: FaceDetector | str = "haar",
+                 batch_size: int = 64, tta: str = "none"):  # fmt: skip
+        if model is None:
+            from .classifier import load_model
+
+            model = load_model()
+        self.model = model
+        self.detector = create_detector(detector) if isinstance(detector, str) else detector
+        self.batch_size = batch_size
+        self.tta = tta
+
+    def __call__(self, source: Any, every: int = 1, smooth: float = 0.0) -> Iterator[Prediction]:
+        """Yield a Prediction per image or frame of ``source`` (path, folder, video, array,
+        or a list of these). ``every``: keep every k-th video frame. ``smooth`` in [0, 1):
+        exponential smoothing of each face's probabilities across video frames."""
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if not 0 <= smooth < 1:
+            raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+        pending: list[tuple[Prediction, list[Box], np.ndarray]] = []
+        n_faces = 0
+        previous: dict[str, list[Face]] = {}
+        for pred in _frames(source, every):
+            boxes: list[Box] = []
+            crops = np.zeros((0, 48, 48), np.uint8)
+            if pred.error is None:
+                boxes = list(self.detector.detect(pred.image))
+                crops = crop_faces(pred.image, boxes)
+            pending.append((pred, boxes, crops))
+            n_faces += len(boxes)
+            # frames without faces count too, so a faceless video cannot pile up in memory
+            if n_faces >= self.batch_size or len(pending) >= self.batch_size:
+                yield from self._flush(pending, smooth, previous)
+                pending, n_faces = [], 0
+        yield from self._flush(pending, smooth, previous)
+
+    def _flush(self, pending, smooth: float, previous: dict[str, list[Face]]
+               ) -> Iterator[Prediction]:  # fmt: skip
+        if not pending:
+            return
+        crops = np.concatenate([c for _, _, c in pending])
+        probs = (self.model.predict_proba(crops, batch_size=max(len(crops), 1), tta=self.tta)
+                 if len(crops) else np.zeros((0, len(EMOTIONS)), np.float32))  # fmt: skip
+        i = 0
+        for pred, boxes, _ in pending:
+            faces = [Face(b, probs[i + j]) for j, b in enumerate(boxes)]
+            i += len(boxes)
+            if smooth and pred.frame is not None:
+                faces = _smooth(faces, previous.get(pred.path or "", []), smooth)
+                previous[pred.path or ""] = faces
+            pred.faces = faces
+            yield pred
+
+    def predict_faces(self, faces: np.ndarray) -> np.ndarray:
+        """Probabilities for ready-made 48x48 uint8 face crops ``(N, 48, 48)``."""
+        return self.model.predict_proba(faces, batch_size=self.batch_size, tta=self.tta)
+
+
+def _smooth(faces: list[Face], before: list[Face], alpha: float) -> list[Face]:
+    """Blend each face with the best-overlapping face of the previous kept frame."""
+    out = []
+    for f in faces:
+        match = max(before, key=lambda b: iou(f.box, b.box), default=None)
+        if match is not None and iou(f.box, match.box) > 0.3:
+            probs = alpha * match.probs + (1 - alpha) * f.probs
+            out.append(Face(f.box, (probs / probs.sum()).astype(np.float32)))
+        else:
+            out.append(f)
+    return out

@@ -1,0 +1,267 @@
+"""Reports over sets of runs: the report's per-class tables, comparisons, plots.
+
+``build_report(root)`` reads every ``result.json`` under ``root`` (written by experiment
+trials), groups them into variants and writes report.md, report.html, results.csv,
+results.json and the plots. Everything is read from files, never from memory of a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import EMOTIONS, atomic_write_bytes
+from .stats import Summary, summarize, welch
+
+METRICS = ("precision", "recall", "f1")
+
+
+@dataclass
+class TrialResult:
+    variant: str
+    seed: int
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    def per_class(self, metric: str) -> list[float]:
+        return [self.metrics["per_class"][c][metric] for c in EMOTIONS]
+
+
+def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
+    """Finished trials (result.json) and failed ones (error.json) under ``root``."""
+    root = Path(root)
+    results, failures = [], []
+    for path in sorted(root.rglob("result.json")):
+        r = json.loads(path.read_text())
+        history = []
+        if (path.parent / "metrics.csv").is_file():
+            with (path.parent / "metrics.csv").open() as f:
+                history = list(csv.DictReader(f))
+        variant = r.get("variant") or path.parent.parent.name
+        results.append(TrialResult(variant, int(r.get("seed", 0)), path.parent, r["metrics"],
+                                   history))  # fmt: skip
+    for path in sorted(root.rglob("error.json")):
+        if not (path.parent / "result.json").is_file():
+            err = json.loads(path.read_text())
+            failures.append({"run": str(path.parent.relative_to(root)), "error": err["error"]})
+    return results, failures
+
+
+def group(results: list[TrialResult]) -> dict[str, list[TrialResult]]:
+    out: dict[str, list[TrialResult]] = {}
+    for r in results:
+        out.setdefault(r.variant, []).append(r)
+    return out
+
+
+def _fmt(v: float, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.2%}" if pct else f"{v:.4f}"
+
+
+def stats_table(trials: list[TrialResult]) -> list[str]:
+    """The report's table: rows Max/Min/Std/Variance/Mean per metric, columns labels 0..6."""
+    head = "| metric | stat | " + " | ".join(f"{i} {e}" for i, e in enumerate(EMOTIONS)) + " |"
+    lines = [head, "|---|---|" + "---|" * len(EMOTIONS)]
+    for metric in METRICS:
+        per_class = [summarize([t.per_class(metric)[c] for t in trials])
+                     for c in range(len(EMOTIONS))]  # fmt: skip
+        for stat in ("max", "min", "std", "var", "mean"):
+            name = {"std": "Std", "var": "Variance"}.get(stat, stat.capitalize())
+            cells = " | ".join(_fmt(getattr(s, stat)) for s in per_class)
+            lines.append(f"| {metric} | {name} | {cells} |")
+    return lines
+
+
+def accuracy_line(s: Summary) -> str:
+    return (f"| {s.n} | {_fmt(s.mean, True)} | {_fmt(s.std, True)} | {_fmt(s.var)} | "
+            f"{_fmt(s.min, True)} | {_fmt(s.max, True)} | {_fmt(s.sem, True)} |")  # fmt: skip
+
+
+def build_report(root: str | Path, baseline: str = "", title: str = "", notes: str = ""
+                 ) -> list[Path]:  # fmt: skip
+    """Write report.md, report.html, results.csv, results.json and plots under ``root``."""
+    root = Path(root)
+    results, failures = collect(root)
+    if not results and not failures:
+        raise ValueError(f"{root}: no result.json or error.json found; nothing to report")
+    groups = group(results)
+    base = baseline if baseline in groups else next(iter(groups), "")
+    figures = _figures(root, groups)
+    md = _markdown(groups, failures, base, title or root.name, notes, figures)
+    files = [
+        _write(root / "report.md", md),
+        _write(root / "report.html", _html(md, root)),
+        _write(root / "results.csv", _csv(results)),
+        _write(root / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
+    ]
+    return files + [root / f for f in figures.values()]
+
+
+def _markdown(groups, failures, base, title, notes, figures) -> str:
+    acc = {v: summarize([t.metrics["accuracy"] for t in ts]) for v, ts in groups.items()}
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    lines += ["## Accuracy", "",
+              f"Baseline for comparisons: `{base}`. Std and variance are sample statistics "
+              "(ddof=1); SEM = Std / sqrt(n); p from Welch's t-test; CI is the 95% interval "
+              "of the difference to the baseline.", "",
+              "| variant | n | mean | Std | Variance | Min | Max | SEM | macro-F1 | "
+              "vs baseline | 95% CI | p |", "|---" * 12 + "|"]  # fmt: skip
+    for v, ts in groups.items():
+        s = acc[v]
+        f1 = summarize([t.metrics["macro_f1"] for t in ts])
+        c = welch(
+            [t.metrics["accuracy"] for t in groups[base]], [t.metrics["accuracy"] for t in ts]
+        )
+        vs = "-" if v == base else f"{c.diff * 100:+.2f} pt"
+        ci = "-" if v == base or math.isnan(c.low) else f"[{c.low * 100:+.2f}, {c.high * 100:+.2f}]"
+        p = "-" if v == base or math.isnan(c.p) else f"{c.p:.3g}"
+        lines.append(f"| {v} |{accuracy_line(s)[1:-1]}| {_fmt(f1.mean)} | {vs} | {ci} | {p} |")
+    for key in ("curves", "f1"):
+        if key in figures:
+            lines += ["", f"![{key}]({figures[key]})"]
+    lines += ["", "## Per-class statistics", ""]
+    for v, ts in groups.items():
+        lines += [f"### {v}", "", f"{len(ts)} run(s), seeds {sorted(t.seed for t in ts)}.", "",
+                  "Accuracy:", "", "| n | Mean | Std | Variance | Min | Max | SEM |",
+                  "|---|---|---|---|---|---|---|", accuracy_line(acc[v]), "",
+                  "Per class (labels 0..6):", "", *stats_table(ts), ""]  # fmt: skip
+        if f"confusion_{v}" in figures:
+            lines += [f"![confusion {v}]({figures[f'confusion_{v}']})", ""]
+    for key, label in (("batch_size", "batch sizes"), ("lr", "learning rates")):
+        if f"val_loss_{key}" in figures:
+            lines += [f"## Validation loss: {label}", "", f"![{key}]({figures[f'val_loss_{key}']})",
+                      ""]  # fmt: skip
+    if failures:
+        lines += ["## Failed trials", "", "| run | error |", "|---|---|"]
+        lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(results: list[TrialResult]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["variant", "seed", "class", "precision", "recall", "f1", "support", "accuracy",
+                "macro_f1"])  # fmt: skip
+    for t in results:
+        for c in EMOTIONS:
+            pc = t.metrics["per_class"][c]
+            w.writerow([t.variant, t.seed, c, repr(pc["precision"]), repr(pc["recall"]),
+                        repr(pc["f1"]), pc["support"], repr(t.metrics["accuracy"]),
+                        repr(t.metrics["macro_f1"])])  # fmt: skip
+    return buf.getvalue()
+
+
+def _json(groups, failures, base) -> dict[str, Any]:
+    out: dict[str, Any] = {"baseline": base, "variants": {}, "failed": failures}
+    for v, ts in groups.items():
+        acc = [t.metrics["accuracy"] for t in ts]
+        c = welch([t.metrics["accuracy"] for t in groups[base]], acc)
+        out["variants"][v] = {
+            "runs": [{"seed": t.seed, "dir": str(t.run_dir), "accuracy": t.metrics["accuracy"],
+                      "macro_f1": t.metrics["macro_f1"]} for t in ts],
+            "accuracy": {**summarize(acc).__dict__, "sem": summarize(acc).sem},
+            "vs_baseline": c.__dict__,
+            "per_class": {m: [summarize([t.per_class(m)[i] for t in ts]).__dict__
+                              for i in range(len(EMOTIONS))] for m in METRICS},
+        }  # fmt: skip
+    return json.loads(json.dumps(out, default=str).replace("NaN", "null"))
+
+
+def _figures(root: Path, groups: dict[str, list[TrialResult]]) -> dict[str, str]:
+    from .plots import (
+        f1_bars_figure,
+        mean_confusion_figure,
+        save_figure,
+        variant_curves_figure,
+        val_loss_figure,
+    )
+
+    plots = root / "plots"
+    out: dict[str, str] = {}
+
+    def save(key: str, fig) -> None:
+        save_figure(fig, plots / f"{key}.png")
+        out[key] = f"plots/{key}.png"
+
+    histories = {v: [t.history for t in ts if t.history] for v, ts in groups.items()}
+    if any(histories.values()):
+        save("curves", variant_curves_figure(histories))
+    save("f1", f1_bars_figure({v: [t.per_class("f1") for t in ts] for v, ts in groups.items()}))
+    for v, ts in groups.items():
+        key = "confusion_" + re.sub(r"[^A-Za-z0-9_.-]", "_", v)
+        save(key, mean_confusion_figure([np.asarray(t.metrics["confusion"]) for t in ts], v))
+        out[f"confusion_{v}"] = out.pop(key)
+    for key in ("batch_size", "lr"):
+        chosen = {v: h for v, h in histories.items() if h and _varies(groups[v], key, groups)}
+        if len(chosen) > 1:
+            save(f"val_loss_{key}", val_loss_figure(chosen, key))
+    return out
+
+
+def _varies(trials: list[TrialResult], key: str, groups) -> bool:
+    """Does this variant's value of ``key`` differ from some other variant's?"""
+    cfg = _config(trials[0])
+    values = {json.dumps(_config(ts[0]).get(key)) for ts in groups.values()}
+    return key in cfg and len(values) > 1
+
+
+def _config(t: TrialResult) -> dict[str, Any]:
+    path = t.run_dir / "result.json"
+    return json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+
+
+def _html(md: str, root: Path) -> str:
+    """A self-contained page: the Markdown's tables and text, plots embedded as data URLs."""
+    body = []
+    rows: list[str] = []
+
+    def flush_table() -> None:
+        if rows:
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            head, data = cells[0], [c for c in cells[2:]]
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                        + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>"
+                                                             for c in r) + "</tr>" for r in data)
+                        + "</table>")  # fmt: skip
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        flush_table()
+        if m := re.match(r"!\[(.*)\]\((.*)\)", line):
+            data = base64.b64encode((root / m.group(2)).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
+        elif m := re.match(r"(#+) (.*)", line):
+            n = len(m.group(1))
+            body.append(f"<h{n}>{html.escape(m.group(2))}</h{n}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "img{max-width:100%}")  # fmt: skip
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ferlab report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+
+
+def _write(path: Path, text: str) -> Path:
+    atomic_write_bytes(path, text.encode())
+    return path

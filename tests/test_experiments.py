@@ -1,0 +1,142 @@
+import csv
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from ferlab.data import EMOTIONS
+from ferlab.experiments import Suite, run_suite
+from ferlab.report import build_report
+from ferlab.stats import summarize, welch
+
+TINY = {"model": "vggnet_s", "model_kwargs": {"widths": [4, 8, 8, 8]}, "batch_size": 16,
+        "epochs": 1, "threads": 1}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+
+
+def write_suite(tmp_path, data, variants, repeats=2) -> Suite:
+    path = tmp_path / "suite.yaml"
+    path.write_text(json.dumps({"name": "tiny", "base": {**TINY, "data": str(data)},
+                                "variants": variants, "repeats": repeats,
+                                "out": str(tmp_path / "exp")}))  # fmt: skip
+    return Suite.from_yaml(path)
+
+
+def fake_result(root, variant, seed, acc, f1_happy, confusion=None):
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    per_class["happy"]["f1"] = f1_happy
+    metrics = {
+        "accuracy": acc,
+        "macro_f1": 0.5,
+        "per_class": per_class,
+        "loss": 1.0,
+        "confusion": confusion or np.eye(7, dtype=int).tolist(),
+        "classes": list(EMOTIONS),
+    }
+    d = root / variant / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"variant": variant, "seed": seed,
+                                               "metrics": metrics, "config": {}}))  # fmt: skip
+
+
+def test_aggregation_matches_hand_computed_statistics(tmp_path):
+    accs = {"base": [0.60, 0.62, 0.64], "new": [0.70, 0.71]}
+    f1s = {"base": [0.8, 0.9, 1.0], "new": [0.5, 0.7]}
+    for v in accs:
+        for seed, (a, f) in enumerate(zip(accs[v], f1s[v], strict=True)):
+            fake_result(tmp_path, v, seed, a, f)
+    build_report(tmp_path, baseline="base")
+    res = json.loads((tmp_path / "results.json").read_text())
+    b = res["variants"]["base"]
+    assert b["accuracy"]["mean"] == pytest.approx(0.62)
+    assert b["accuracy"]["std"] == pytest.approx(0.02)  # sample std of .60 .62 .64
+    assert b["accuracy"]["var"] == pytest.approx(0.0004)
+    assert b["accuracy"]["sem"] == pytest.approx(0.02 / 3**0.5)
+    happy = b["per_class"]["f1"][EMOTIONS.index("happy")]
+    assert (happy["max"], happy["min"], happy["mean"]) == pytest.approx((1.0, 0.8, 0.9))
+    assert happy["var"] == pytest.approx(0.01)
+    cmp = res["variants"]["new"]["vs_baseline"]
+    expected = welch(accs["base"], accs["new"])
+    assert cmp["diff"] == pytest.approx(0.085) and cmp["p"] == pytest.approx(expected.p)
+    md = (tmp_path / "report.md").read_text()
+    assert "| new | 2 | 70.50% |" in md and "+8.50 pt" in md
+    # the report's table layout: Max/Min/Std/Variance/Mean rows, labels 0..6 as columns
+    row = next(line for line in md.splitlines() if line.startswith("| f1 | Mean |"))
+    assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == "0.9000"
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 * 7
+
+
+def test_markdown_numbers_match_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        fake_result(tmp_path, "a", seed, float(rng.uniform(0.5, 0.7)), float(rng.uniform(0, 1)))
+    build_report(tmp_path)
+    with open(tmp_path / "results.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["class"] == "happy"]
+    mean_f1 = summarize([float(r["f1"]) for r in rows]).mean
+    mean_acc = summarize([float(r["accuracy"]) for r in rows]).mean
+    md = (tmp_path / "report.md").read_text()
+    assert f"{mean_acc:.2%}" in md
+    row = next(line for line in md.splitlines() if line.startswith("| f1 | Mean |"))
+    assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == f"{mean_f1:.4f}"
+
+
+def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch):
+    suite = write_suite(tmp_path, tiny_csv, {"base": {}, "adamw": {"optimizer": "adamw"},
+                        "broken": {"model": "vgg19", "model_kwargs": {}, "pretrained": str(tmp_path / "no.pth")}})  # fmt: skip
+    trials = run_suite(suite)
+    assert sum(t.done for t in trials) == 4 and sum(t.failed for t in trials) == 2
+    err = json.loads((tmp_path / "exp/tiny/broken/seed0/error.json").read_text())
+    assert "no.pth: pretrained weights not found" in err["error"]
+    build_report(tmp_path / "exp" / "tiny", baseline="base")
+    md = (tmp_path / "exp/tiny/report.md").read_text()
+    assert "## Failed trials" in md and "broken/seed1" in md
+    # a restarted suite runs nothing that finished; a new variant runs only its own trials
+    calls = []
+    experiments = sys.modules["ferlab.experiments"]
+    real = experiments.run_trial
+    monkeypatch.setattr(sys.modules["ferlab.backends"], "run_trial",
+                        lambda cfg, split, threads=0: calls.append(cfg.out) or real(cfg, split))  # fmt: skip
+    suite.variants.pop("broken")
+    suite.variants["sgd"] = {"optimizer": "sgd", "lr": 0.01}
+    run_suite(suite)
+    assert [re.sub(r".*/", "", c) for c in calls] == ["sgd", "sgd"]
+
+
+def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(json.dumps({"name": "cli", "base": {**TINY, "data": str(tiny_csv)},
+                                 "variants": {"a": {}, "b": {"lr": 0.001}}}))  # fmt: skip
+    r = CliRunner().invoke(app, ["experiment", str(suite), "--repeats", "1", "--epochs", "2",
+                                 "--workers", "2", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    root = tmp_path / "x" / "cli"
+    for v in ("a", "b"):
+        rows = list(csv.DictReader(open(root / v / "seed0" / "metrics.csv")))
+        assert len(rows) == 2  # --epochs 2 overrode the suite's 1
+    assert (root / "report.md").is_file() and (root / "plots" / "curves.png").is_file()
+    assert "epochs=2" in (root / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_ray_backend_runs_two_trials(tiny_csv, tmp_path):
+    pytest.importorskip("ray")
+    suite = write_suite(tmp_path, tiny_csv, {"a": {}, "b": {"lr": 0.001}}, repeats=1)
+    trials = run_suite(suite, backend="ray", workers=2)
+    assert all(t.done for t in trials)
+    result = json.loads((trials[1].run_dir / "result.json").read_text())
+    assert result["config"]["lr"] == 0.001 and 0 <= result["metrics"]["accuracy"] <= 1

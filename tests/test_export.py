@@ -1,0 +1,269 @@
+"""ONNX and safetensors exports agree with PyTorch on real FER-2013 faces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import REAL_CSV
+from ferlab import EMOTIONS, Classifier
+from ferlab.checkpoint import save_checkpoint
+from ferlab.classifier import load_model
+from ferlab.data import load_fer2013_csv
+from ferlab.evaluate import predict_logits
+from ferlab.export import export_onnx, export_safetensors, load_onnx, load_safetensors_model
+from ferlab.models import create_model
+from ferlab.transforms import preprocess_spec
+
+SMALL = {"widths": [8, 16, 16, 16]}
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    """300 real faces drawn across the whole of FER-2013."""
+    if not REAL_CSV.is_file():
+        pytest.skip(f"{REAL_CSV} not found")
+    data = load_fer2013_csv(REAL_CSV)  # parsed once, then a cached .npz
+    return data.images[np.random.default_rng(0).choice(len(data), 300, replace=False)]
+
+
+@pytest.fixture
+def ort():
+    return pytest.importorskip("onnxruntime")
+
+
+def make_classifier(
+    faces: np.ndarray, normalize: str = "minmax", name: str = "vggnet_s", seed: int = 0, **kw
+) -> Classifier:
+    """Random weights that behave like trained ones: BN statistics are not the identity, and
+    logits spread by about 2 on ``faces``, so probabilities are neither uniform nor one-hot."""
+    torch.manual_seed(seed)
+    kw = kw or dict(SMALL)
+    model = create_model(name, **kw)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    spec = preprocess_spec(normalize, torch.from_numpy(faces))
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    logits = predict_logits(model, torch.from_numpy(faces[:64]), spec)
+    with torch.no_grad():
+        head.weight.mul_(2 / float(logits.std()))
+    meta = {"model_kwargs": kw, "metrics": {"val_acc": 0.5}}
+    return Classifier(model, spec, EMOTIONS, name=name, meta=meta)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max())
+
+
+@pytest.mark.slow
+def test_onnx_matches_torch_on_real_faces(faces, ort, tmp_path):
+    clf = make_classifier(faces)
+    path = export_onnx(clf, tmp_path / "m.onnx", faces=faces[:32])
+    onnx_clf = load_onnx(path, threads=1)
+    got, want = onnx_clf.predict_proba(faces), clf.predict_proba(faces)
+    assert got.dtype == np.float32 and got.shape == (300, 7)
+    assert max_diff(got, want) < 1e-4
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert 0.3 < want.max(1).mean() < 0.95  # the model is neither uniform nor one-hot
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_onnx_metadata_and_graph_signature(faces, ort, tmp_path):
+    import onnx
+
+    clf = make_classifier(faces, "standardize")
+    path = export_onnx(clf, tmp_path / "m.onnx", faces=faces[:8])
+    onnx_clf = load_onnx(path)
+    assert onnx_clf.classes == EMOTIONS
+    assert onnx_clf.preprocess == clf.preprocess
+    assert onnx_clf.name == "vggnet_s"
+    assert onnx_clf.meta["model_kwargs"] == SMALL
+    assert onnx_clf.meta["metrics"] == {"val_acc": 0.5}
+    assert onnx_clf.meta["input_size"] == "48"
+    assert onnx_clf.meta["ferlab_version"]
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == list(EMOTIONS)
+    assert json.loads(props["preprocess"])["input"] == "raw 0..255 float32 (N,1,48,48)"
+    assert proto.opset_import[0].version == 17
+    (inp,) = proto.graph.input
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert (inp.name, dims) == ("faces", ["batch", 1, 48, 48])
+    assert [o.name for o in proto.graph.output] == ["logits", "probs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("normalize", ["minmax", "none", "standardize"])
+def test_onnx_graph_applies_normalisation(faces, ort, tmp_path, normalize):
+    clf = make_classifier(faces, normalize)
+    got = load_onnx(export_onnx(clf, tmp_path / "m.onnx", faces=faces[:8])).predict_proba(faces)
+    assert max_diff(got, clf.predict_proba(faces)) < 1e-4
+    # the comparison can tell normalisations apart: the same weights under another spec differ
+    other = "minmax" if normalize == "standardize" else "standardize"
+    clf.preprocess = preprocess_spec(other, torch.from_numpy(faces))
+    assert max_diff(got, clf.predict_proba(faces)) > 1e-2
+
+
+@pytest.mark.slow
+def test_onnx_dynamic_batch_and_chunking(faces, ort, tmp_path):
+    clf = make_classifier(faces)
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx", faces=faces[:8]), threads=1)
+    want = clf.predict_proba(faces[:64])
+    for n in (1, 64):
+        x = faces[:n, None].astype(np.float32)
+        logits, probs = onnx_clf.session.run(None, {"faces": x})
+        assert logits.shape == probs.shape == (n, 7)
+        assert max_diff(probs, want[:n]) < 1e-4
+    assert max_diff(onnx_clf.predict_proba(faces[:64], batch_size=7), want) < 1e-4
+    assert max_diff(onnx_clf.predict_proba(faces[0]), want[:1]) < 1e-4  # one (48, 48) face
+    assert onnx_clf.predict_proba(faces[:0]).shape == (0, 7)
+
+
+@pytest.mark.slow
+def test_onnx_flip_tta_matches_torch(faces, ort, tmp_path):
+    clf = make_classifier(faces)
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx", faces=faces[:8]))
+    got = onnx_clf.predict_proba(faces, batch_size=100, tta="flip")
+    assert max_diff(got, clf.predict_proba(faces, tta="flip")) < 1e-4
+    assert max_diff(got, clf.predict_proba(faces)) > 1e-3  # flipping did something
+
+
+@pytest.mark.slow
+def test_onnx_vgg19(faces, ort, tmp_path):
+    clf = make_classifier(faces, name="vgg19", hidden=16)
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "vgg19.onnx", faces=faces[:8]), threads=1)
+    assert max_diff(onnx_clf.predict_proba(faces[:16]), clf.predict_proba(faces[:16])) < 1e-4
+    assert onnx_clf.meta["model_kwargs"] == {"hidden": 16}
+
+
+def test_onnx_input_errors_match_classifier(ort, tmp_path):
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    clf = Classifier(create_model("vggnet_s", **SMALL), preprocess_spec("minmax"), name="vggnet_s")
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx"))  # checked on random faces
+    for bad in (faces.astype(np.float32), faces[:, :40], faces[None]):
+        with pytest.raises(ValueError) as want:
+            clf.predict_proba(bad)
+        with pytest.raises(ValueError) as got:
+            onnx_clf.predict_proba(bad)
+        assert str(got.value) == str(want.value)
+    with pytest.raises(ValueError, match="unknown tta"):
+        onnx_clf.predict_proba(faces, tta="rotate")
+
+
+def test_onnx_missing_corrupt_or_foreign_file(ort, tmp_path):
+    import onnx
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_onnx(tmp_path / "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07not a protobuf" * 10)
+    with pytest.raises(ValueError, match=r"corrupt\.onnx: not a valid ONNX model"):
+        load_onnx(corrupt)
+    # a valid ONNX file without ferlab's metadata
+    foreign = tmp_path / "foreign.onnx"
+    node = onnx.helper.make_node("Relu", ["faces"], ["probs"])
+    inp, out = (onnx.helper.make_tensor_value_info(n, 1, [1, 7]) for n in ("faces", "probs"))
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", [inp], [out])), foreign)
+    with pytest.raises(ValueError, match="lacks model_name, classes, preprocess"):
+        load_onnx(foreign)
+
+
+def test_export_onnx_refuses_a_disagreeing_graph(ort, tmp_path, monkeypatch):
+    clf = Classifier(create_model("vggnet_s", **SMALL), preprocess_spec("minmax"), name="vggnet_s")
+    good = export_onnx(clf, tmp_path / "m.onnx")
+    before = good.read_bytes()
+    monkeypatch.setattr(clf, "predict_proba", lambda f: np.zeros((len(f), 7), np.float32))
+    with pytest.raises(RuntimeError, match="disagrees with PyTorch"):
+        export_onnx(clf, good)
+    assert good.read_bytes() == before and list(tmp_path.iterdir()) == [good]
+
+
+@pytest.mark.slow
+def test_safetensors_round_trip_fp16_and_fp32(faces, tmp_path):
+    clf = make_classifier(faces, "standardize")
+    w16, j16 = export_safetensors(clf, tmp_path / "fp16", extra={"command": "ferlab train x"})
+    w32, _ = export_safetensors(clf, tmp_path / "fp32.safetensors", fp16=False)
+    assert (w16.name, j16.name, w32.name) == ("fp16.safetensors", "fp16.json", "fp32.safetensors")
+    assert 0.45 < w16.stat().st_size / w32.stat().st_size < 0.6
+    info = json.loads(j16.read_text())
+    assert info["model_name"] == "vggnet_s" and info["model_kwargs"] == SMALL
+    assert info["classes"] == list(EMOTIONS) and info["preprocess"] == clf.preprocess
+    assert info["command"] == "ferlab train x" and info["metrics"] == {"val_acc": 0.5}
+
+    want = clf.predict_proba(faces)
+    exact = load_safetensors_model(tmp_path / "fp32")
+    assert max_diff(exact.predict_proba(faces), want) < 1e-6
+    half = load_safetensors_model(j16)
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())
+    assert half.preprocess == clf.preprocess and half.name == "vggnet_s"
+    got = half.predict_proba(faces)
+    assert max_diff(got, want) < 1e-2
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.95
+
+
+def test_safetensors_dtypes_and_overflow(tmp_path):
+    from safetensors.torch import load_file
+
+    model = create_model("vggnet_s", **SMALL)
+    bn = model.features[1]
+    bn.running_var[0] = 1e6  # past fp16's 65504: that tensor must stay float32
+    clf = Classifier(model, preprocess_spec("none"), name="vggnet_s", meta={"model_kwargs": SMALL})
+    weights, _ = export_safetensors(clf, tmp_path / "m")
+    state = load_file(str(weights))
+    assert state["features.1.running_var"].dtype == torch.float32
+    assert state["features.1.running_mean"].dtype == torch.float16
+    assert state["features.1.num_batches_tracked"].dtype == torch.int64
+    back = load_safetensors_model(weights)
+    assert float(back.model.features[1].running_var[0]) == 1e6
+
+
+def test_safetensors_errors(tmp_path):
+    clf = Classifier(create_model("vggnet_s", **SMALL), preprocess_spec("minmax"), name="vggnet_s")
+    with pytest.raises(ValueError, match="weights do not fit"):  # meta lacks model_kwargs
+        export_safetensors(clf, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+    clf.meta["model_kwargs"] = SMALL
+    with pytest.raises(ValueError, match="must not set classes"):
+        export_safetensors(clf, tmp_path / "m", extra={"classes": ["a"]})
+    with pytest.raises(FileNotFoundError):
+        load_safetensors_model(tmp_path / "absent.json")
+    weights, _ = export_safetensors(clf, tmp_path)  # a directory: named after the model
+    assert weights == tmp_path / "vggnet_s.safetensors"
+    weights.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a ferlab safetensors export"):
+        load_safetensors_model(weights)
+
+
+def test_checkpoint_to_both_exports(ort, tmp_path: Path):
+    """A training checkpoint's model_kwargs survive load_model into both export formats."""
+    model = create_model("vggnet_s", **SMALL).eval()
+    ckpt = {
+        "model_name": "vggnet_s",
+        "model_kwargs": SMALL,
+        "classes": list(EMOTIONS),
+        "preprocess": preprocess_spec("minmax"),
+        "model": model.state_dict(),
+        "config": {"model": "vggnet_s", "model_kwargs": SMALL},
+        "metrics": {"val_acc": 0.61},
+    }
+    save_checkpoint(ckpt, tmp_path / "best.pt")
+    clf = load_model(tmp_path / "best.pt")
+    faces = np.random.default_rng(1).integers(0, 256, (16, 48, 48), dtype=np.uint8)
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx"))
+    assert onnx_clf.meta["model_kwargs"] == SMALL
+    assert max_diff(onnx_clf.predict_proba(faces), clf.predict_proba(faces)) < 1e-4
+    back = load_safetensors_model(export_safetensors(clf, tmp_path / "m", fp16=False)[1])
+    assert back.meta["metrics"]["val_acc"] == 0.61
+    assert max_diff(back.predict_proba(faces), clf.predict_proba(faces)) < 1e-6
