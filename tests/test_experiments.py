@@ -11,8 +11,13 @@ from ferlab.experiments import Suite, run_suite
 from ferlab.report import build_report
 from ferlab.stats import summarize, welch
 
-TINY = {"model": "vggnet_s", "model_kwargs": {"widths": [4, 8, 8, 8]}, "batch_size": 16,
-        "epochs": 1, "threads": 1}  # fmt: skip
+TINY = {
+    "model": "vggnet_s",
+    "model_kwargs": {"widths": [4, 8, 8, 8]},
+    "batch_size": 16,
+    "epochs": 1,
+    "threads": 1,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +27,17 @@ def _cache(tmp_path, monkeypatch):
 
 def write_suite(tmp_path, data, variants, repeats=2) -> Suite:
     path = tmp_path / "suite.yaml"
-    path.write_text(json.dumps({"name": "tiny", "base": {**TINY, "data": str(data)},
-                                "variants": variants, "repeats": repeats,
-                                "out": str(tmp_path / "exp")}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "base": {**TINY, "data": str(data)},
+                "variants": variants,
+                "repeats": repeats,
+                "out": str(tmp_path / "exp"),
+            }
+        )
+    )
     return Suite.from_yaml(path)
 
 
@@ -41,8 +54,9 @@ def fake_result(root, variant, seed, acc, f1_happy, confusion=None):
     }
     d = root / variant / f"seed{seed}"
     d.mkdir(parents=True)
-    (d / "result.json").write_text(json.dumps({"variant": variant, "seed": seed,
-                                               "metrics": metrics, "config": {}}))  # fmt: skip
+    (d / "result.json").write_text(
+        json.dumps({"variant": variant, "seed": seed, "metrics": metrics, "config": {}})
+    )
 
 
 def test_aggregation_matches_hand_computed_statistics(tmp_path):
@@ -92,8 +106,19 @@ def test_markdown_numbers_match_csv(tmp_path):
 
 
 def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch):
-    suite = write_suite(tmp_path, tiny_csv, {"base": {}, "adamw": {"optimizer": "adamw"},
-                        "broken": {"model": "vgg19", "model_kwargs": {}, "pretrained": str(tmp_path / "no.pth")}})  # fmt: skip
+    suite = write_suite(
+        tmp_path,
+        tiny_csv,
+        {
+            "base": {},
+            "adamw": {"optimizer": "adamw"},
+            "broken": {
+                "model": "vgg19",
+                "model_kwargs": {},
+                "pretrained": str(tmp_path / "no.pth"),
+            },
+        },
+    )
     trials = run_suite(suite)
     assert sum(t.done for t in trials) == 4 and sum(t.failed for t in trials) == 2
     err = json.loads((tmp_path / "exp/tiny/broken/seed0/error.json").read_text())
@@ -105,8 +130,11 @@ def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch):
     calls = []
     experiments = sys.modules["ferlab.experiments"]
     real = experiments.run_trial
-    monkeypatch.setattr(sys.modules["ferlab.backends"], "run_trial",
-                        lambda cfg, split, threads=0: calls.append(cfg.out) or real(cfg, split))  # fmt: skip
+    monkeypatch.setattr(
+        sys.modules["ferlab.backends"],
+        "run_trial",
+        lambda cfg, split, threads=0: calls.append(cfg.out) or real(cfg, split),
+    )
     suite.variants.pop("broken")
     suite.variants["sgd"] = {"optimizer": "sgd", "lr": 0.01}
     run_suite(suite)
@@ -119,14 +147,35 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     from ferlab.cli import app
 
     suite = tmp_path / "s.yaml"
-    suite.write_text(json.dumps({"name": "cli", "base": {**TINY, "data": str(tiny_csv)},
-                                 "variants": {"a": {}, "b": {"lr": 0.001}}}))  # fmt: skip
-    r = CliRunner().invoke(app, ["experiment", str(suite), "--repeats", "1", "--epochs", "2",
-                                 "--workers", "2", "--out", str(tmp_path / "x")])  # fmt: skip
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "cli",
+                "base": {**TINY, "data": str(tiny_csv)},
+                "variants": {"a": {}, "b": {"lr": 0.001}},
+            }
+        )
+    )
+    r = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            str(suite),
+            "--repeats",
+            "1",
+            "--epochs",
+            "2",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     root = tmp_path / "x" / "cli"
     for v in ("a", "b"):
-        rows = list(csv.DictReader(open(root / v / "seed0" / "metrics.csv")))
+        with open(root / v / "seed0" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
         assert len(rows) == 2  # --epochs 2 overrode the suite's 1
     assert (root / "report.md").is_file() and (root / "plots" / "curves.png").is_file()
     assert "epochs=2" in (root / "report.md").read_text()

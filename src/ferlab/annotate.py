@@ -40,10 +40,23 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y - 4 if y - th - 8 > 0 else y + bh + th + 4
         cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + base - 2), color, -1)
-        cv2.putText(out, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick,
-                    cv2.LINE_AA)  # fmt: skip
-        _bars(out, face, x + bw + 4 if x + bw + 4 + 110 * scale < w else max(0, x - 114 * scale),
-              y, scale)  # fmt: skip
+        cv2.putText(
+            out,
+            text,
+            (x + 2, ty - 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            thick,
+            cv2.LINE_AA,
+        )
+        _bars(
+            out,
+            face,
+            x + bw + 4 if x + bw + 4 + 110 * scale < w else max(0, x - 114 * scale),
+            y,
+            scale,
+        )
     return out
 
 
@@ -60,5 +73,13 @@ def _bars(out: np.ndarray, face: Face, x0: float, y0: int, scale: float) -> None
         p = float(face.probs[i])
         cv2.rectangle(out, (int(x0), y + 2), (int(x0) + width, y + row - 2), (40, 40, 40), -1)
         cv2.rectangle(out, (int(x0), y + 2), (int(x0 + width * p), y + row - 2), COLORS[name], -1)
-        cv2.putText(out, f"{name[:3]} {p:.2f}", (int(x0) + width + 3, y + row - 3),
-                    cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            out,
+            f"{name[:3]} {p:.2f}",
+            (int(x0) + width + 3, y + row - 3),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            fs,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )

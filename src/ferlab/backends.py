@@ -18,8 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def _status(done: int, failed: int, running: int, total: int, last: str) -> None:
-    log.info("[%d done, %d failed, %d running, %d left] %s", done, failed, running,
-             total - done - failed - running, last)  # fmt: skip
+    log.info(
+        "[%d done, %d failed, %d running, %d left] %s",
+        done,
+        failed,
+        running,
+        total - done - failed - running,
+        last,
+    )
 
 
 def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 1) -> None:
@@ -53,12 +59,18 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
                     failed += 1
                     log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
                     _record_crash(trial, e)
-                _status(done, failed, min(len(pending), workers), total,
-                        f"{trial.variant}/seed{trial.seed} finished")  # fmt: skip
+                _status(
+                    done,
+                    failed,
+                    min(len(pending), workers),
+                    total,
+                    f"{trial.variant}/seed{trial.seed} finished",
+                )
 
 
-def run_ray(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 1,
-            address: str | None = None) -> None:  # fmt: skip
+def run_ray(
+    todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 1, address: str | None = None
+) -> None:
     try:
         import ray
     except ImportError:

@@ -88,8 +88,15 @@ def load_model(path: str | Path | None = None, device: str = "cpu"):
     if not path.exists() and str(path) == "default":
         raise FileNotFoundError("no model ships with this install of ferlab (weights/ missing)")
     ckpt = load_checkpoint(path)
-    return Classifier(build_model(ckpt), ckpt["preprocess"], tuple(ckpt["classes"]),
-                      name=ckpt["model_name"],
-                      meta={"model_kwargs": ckpt.get("model_kwargs", {}), "config": ckpt.get("config", {}),
-                            "metrics": ckpt.get("metrics", {})},
-                      device=device)  # fmt: skip
+    return Classifier(
+        build_model(ckpt),
+        ckpt["preprocess"],
+        tuple(ckpt["classes"]),
+        name=ckpt["model_name"],
+        meta={
+            "model_kwargs": ckpt.get("model_kwargs", {}),
+            "config": ckpt.get("config", {}),
+            "metrics": ckpt.get("metrics", {}),
+        },
+        device=device,
+    )

@@ -171,8 +171,7 @@ def predict(
     from .outputs import render, write_predictions
     from .predict import Predictor, count_frames
 
-    predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size,
-                          tta)  # fmt: skip
+    predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
     formats = [f.strip() for f in format.split(",")]
     stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
     if out is not None:
@@ -208,8 +207,14 @@ def _progress(stream, total: int | None):
     from tqdm import tqdm
 
     # progress on stderr: stdout stays clean for JSON/CSV
-    return tqdm(stream, total=total, unit="img", file=sys.stderr, leave=False,
-                disable=total is not None and total <= 1)  # fmt: skip
+    return tqdm(
+        stream,
+        total=total,
+        unit="img",
+        file=sys.stderr,
+        leave=False,
+        disable=total is not None and total <= 1,
+    )
 
 
 @app.command()
@@ -262,8 +267,9 @@ def experiment(
     run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
     budget = f"Budget: epochs={epochs or s.base.get('epochs', 'config')}, subset={subset or 1.0}, "
     budget += f"repeats={repeats or s.repeats}."
-    files = build_report(Path(s.out) / s.name, s.baseline_name, s.name,
-                         notes=(s.notes + "\n\n" + budget).strip())  # fmt: skip
+    files = build_report(
+        Path(s.out) / s.name, s.baseline_name, s.name, notes=(s.notes + "\n\n" + budget).strip()
+    )
     console.print(f"report: {files[0]}")
 
 

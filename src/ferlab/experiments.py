@@ -23,8 +23,17 @@ from .config import TrainConfig
 from .data import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-SUITE_KEYS = {"name", "base", "base_config", "variants", "repeats", "report_split", "baseline",
-              "out", "notes"}  # fmt: skip
+SUITE_KEYS = {
+    "name",
+    "base",
+    "base_config",
+    "variants",
+    "repeats",
+    "report_split",
+    "baseline",
+    "out",
+    "notes",
+}
 
 
 @dataclass
@@ -51,10 +60,16 @@ class Suite:
             base.update(yaml.safe_load(cfg_path.read_text()) or {})
         base.update(raw.get("base") or {})
         variants = raw.get("variants") or {"baseline": {}}
-        suite = cls(raw.get("name", path.stem), base, {k: dict(v or {}) for k, v in
-                    variants.items()}, raw.get("repeats", 3), raw.get("report_split", "test"),
-                    raw.get("baseline", ""), raw.get("out", "runs/experiments"),
-                    raw.get("notes", ""))  # fmt: skip
+        suite = cls(
+            raw.get("name", path.stem),
+            base,
+            {k: dict(v or {}) for k, v in variants.items()},
+            raw.get("repeats", 3),
+            raw.get("report_split", "test"),
+            raw.get("baseline", ""),
+            raw.get("out", "runs/experiments"),
+            raw.get("notes", ""),
+        )
         suite.validate()
         return suite
 
@@ -74,12 +89,12 @@ class Suite:
         values = {**self.base, **self.variants[variant]}
         values.pop("repeats", None)
         values.update({k: v for k, v in budget.items() if v is not None})
-        values.update(seed=seed, out=str(Path(self.out) / self.name / variant),
-                      name=f"seed{seed}")  # fmt: skip
+        values.update(seed=seed, out=str(Path(self.out) / self.name / variant), name=f"seed{seed}")
         return TrainConfig.from_dict(values)
 
-    def trials(self, repeats: int | None = None, variants: Sequence[str] | None = None
-               ) -> list[Trial]:  # fmt: skip
+    def trials(
+        self, repeats: int | None = None, variants: Sequence[str] | None = None
+    ) -> list[Trial]:
         chosen = list(variants) if variants else list(self.variants)
         missing = sorted(set(chosen) - set(self.variants))
         if missing:
@@ -87,8 +102,9 @@ class Suite:
         out = []
         for v in chosen:
             n = repeats if repeats is not None else self.variants[v].get("repeats", self.repeats)
-            out += [Trial(v, seed, Path(self.out) / self.name / v / f"seed{seed}")
-                    for seed in range(n)]  # fmt: skip
+            out += [
+                Trial(v, seed, Path(self.out) / self.name / v / f"seed{seed}") for seed in range(n)
+            ]
         return out
 
 
@@ -129,8 +145,13 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
         data = load_splits(cfg, with_test=True)
         x, y = data[f"{report_split}_x"], data[f"{report_split}_y"]
         metrics = evaluate_logits(predict_logits(clf.model, x, clf.preprocess), y)
-        result = {"variant": run_dir.parent.name, "seed": cfg.seed, "split": report_split,
-                  "metrics": metrics.to_dict(), "config": cfg.to_dict()}  # fmt: skip
+        result = {
+            "variant": run_dir.parent.name,
+            "seed": cfg.seed,
+            "split": report_split,
+            "metrics": metrics.to_dict(),
+            "config": cfg.to_dict(),
+        }
         atomic_write_bytes(run_dir / "result.json", json.dumps(result, indent=2).encode())
         return result
     except Exception as e:  # a failed trial is recorded, the suite goes on
@@ -142,14 +163,25 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
 Runner = Callable[[list[tuple[TrainConfig, Trial]], str, int], None]
 
 
-def run_suite(suite: Suite, backend: str = "local", workers: int = 1, address: str | None = None,
-              repeats: int | None = None, variants: Sequence[str] | None = None,
-              **budget: Any) -> list[Trial]:  # fmt: skip
+def run_suite(
+    suite: Suite,
+    backend: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    repeats: int | None = None,
+    variants: Sequence[str] | None = None,
+    **budget: Any,
+) -> list[Trial]:
     """Run the suite's unfinished trials; returns every trial (done, failed or skipped)."""
     trials = suite.trials(repeats, variants)
     todo = [(suite.config(t.variant, t.seed, **budget), t) for t in trials if not t.done]
-    log.info("%s: %d trials, %d done, %d to run", suite.name, len(trials),
-             len(trials) - len(todo), len(todo))  # fmt: skip
+    log.info(
+        "%s: %d trials, %d done, %d to run",
+        suite.name,
+        len(trials),
+        len(trials) - len(todo),
+        len(todo),
+    )
     if todo:
         from .backends import run_local, run_ray
 

@@ -18,8 +18,7 @@ import numpy as np
 
 from .data import EMOTIONS, atomic_write_bytes
 
-CSV_FIELDS = ["path", "frame", "time", "face", "x", "y", "w", "h", "label", "confidence",
-              *EMOTIONS]  # fmt: skip
+CSV_FIELDS = ["path", "frame", "time", "face", "x", "y", "w", "h", "label", "confidence", *EMOTIONS]
 
 
 def to_json(records: Sequence[dict[str, Any]]) -> str:
@@ -35,9 +34,18 @@ def to_csv(records: Sequence[dict[str, Any]]) -> str:
             probs = [face["emotions"][e] for e in EMOTIONS]
             best = int(np.argmax(probs))
             t = r.get("time")
-            w.writerow([r["path"] or "", r.get("frame", ""), "" if t is None else f"{t:.3f}", i,
-                        *face["box"], EMOTIONS[best], f"{probs[best]:.4f}",
-                        *(f"{p:.4f}" for p in probs)])  # fmt: skip
+            w.writerow(
+                [
+                    r["path"] or "",
+                    r.get("frame", ""),
+                    "" if t is None else f"{t:.3f}",
+                    i,
+                    *face["box"],
+                    EMOTIONS[best],
+                    f"{probs[best]:.4f}",
+                    *(f"{p:.4f}" for p in probs),
+                ]
+            )
     return buf.getvalue()
 
 
@@ -47,12 +55,17 @@ def to_markdown(records: Sequence[dict[str, Any]]) -> str:
     errors = [r for r in records if r.get("error")]
     probs = np.array([[f["emotions"][e] for e in EMOTIONS] for f in faces]).reshape(-1, 7)
     dominant = Counter(EMOTIONS[int(i)] for i in probs.argmax(1)) if len(faces) else Counter()
-    lines = ["# Expression summary", "",
-             f"- images or frames: {len(records) - len(errors)}",
-             f"- faces: {len(faces)}",
-             f"- without a face: {sum(1 for r in records if not r['faces'] and not r.get('error'))}",
-             f"- unreadable: {len(errors)}", "",
-             "| emotion | dominant in | share | mean probability |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Expression summary",
+        "",
+        f"- images or frames: {len(records) - len(errors)}",
+        f"- faces: {len(faces)}",
+        f"- without a face: {sum(1 for r in records if not r['faces'] and not r.get('error'))}",
+        f"- unreadable: {len(errors)}",
+        "",
+        "| emotion | dominant in | share | mean probability |",
+        "|---|---|---|---|",
+    ]
     for i, e in enumerate(EMOTIONS):
         n = dominant.get(e, 0)
         share = n / len(faces) if faces else 0.0
@@ -106,8 +119,12 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_predictions(predictions, out_dir: str | Path, formats: Sequence[str] = ("json", "csv",
-                      "md"), annotate: bool = True) -> tuple[list[dict[str, Any]], list[Path]]:  # fmt: skip
+def write_predictions(
+    predictions,
+    out_dir: str | Path,
+    formats: Sequence[str] = ("json", "csv", "md"),
+    annotate: bool = True,
+) -> tuple[list[dict[str, Any]], list[Path]]:
     """Consume ``predictions`` and write predictions.{json,csv,md}, annotated images and
     videos and, for videos, an emotion timeline under ``out_dir``. Returns (records, files)."""
     from .plots import save_figure, timeline_figure

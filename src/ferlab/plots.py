@@ -138,8 +138,11 @@ def variant_curves_figure(histories: dict[str, list[list[dict]]]) -> Figure:
     """Train/val loss and accuracy per variant: mean over repeats with a min-max band."""
     fig = _figure(figsize=(12, 8))
     axes = fig.subplots(2, 2)
-    for (i, j), key in zip([(0, 0), (0, 1), (1, 0), (1, 1)],
-                           ["train_loss", "val_loss", "train_acc", "val_acc"], strict=True):  # fmt: skip
+    for (i, j), key in zip(
+        [(0, 0), (0, 1), (1, 0), (1, 1)],
+        ["train_loss", "val_loss", "train_acc", "val_acc"],
+        strict=True,
+    ):
         ax = axes[i, j]
         for variant, runs in histories.items():
             if runs:
@@ -193,8 +196,15 @@ def mean_confusion_figure(confusions: list[np.ndarray], title: str = "") -> Figu
     ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
     for i in range(len(EMOTIONS)):
         for j in range(len(EMOTIONS)):
-            ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if mean[i, j] > 0.5 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{mean[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if mean[i, j] > 0.5 else "black",
+            )
     ax.set_title(f"{title} (mean of {len(confusions)} runs, row-normalised)")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

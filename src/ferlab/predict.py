@@ -27,8 +27,9 @@ class ProbaModel(Protocol):
     classes: tuple[str, ...]
     name: str
 
-    def predict_proba(self, faces: np.ndarray, batch_size: int = ..., tta: str = ...
-                      ) -> np.ndarray: ...  # fmt: skip
+    def predict_proba(
+        self, faces: np.ndarray, batch_size: int = ..., tta: str = ...
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,9 @@ def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        yield Prediction(str(path), None, np.zeros((0, 0, 3), np.uint8),
-                         error=f"{path}: not a readable video")  # fmt: skip
+        yield Prediction(
+            str(path), None, np.zeros((0, 0, 3), np.uint8), error=f"{path}: not a readable video"
+        )
         return
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     index = 0
@@ -174,8 +176,12 @@ def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
     finally:
         cap.release()
     if index == 0:
-        yield Prediction(str(path), None, np.zeros((0, 0, 3), np.uint8),
-                         error=f"{path}: no frames could be decoded")  # fmt: skip
+        yield Prediction(
+            str(path),
+            None,
+            np.zeros((0, 0, 3), np.uint8),
+            error=f"{path}: no frames could be decoded",
+        )
 
 
 def count_frames(source: Any, every: int = 1) -> int | None:
@@ -222,8 +228,13 @@ class Predictor:
         tta: "none" or "flip" (average with the mirror image).
     """
 
-    def __init__(self, model: ProbaModel | None = None, detector: FaceDetector | str = "haar",
-                 batch_size: int = 64, tta: str = "none"):  # fmt: skip
+    def __init__(
+        self,
+        model: ProbaModel | None = None,
+        detector: FaceDetector | str = "haar",
+        batch_size: int = 64,
+        tta: str = "none",
+    ):
         if model is None:
             from .classifier import load_model
 
@@ -258,13 +269,17 @@ class Predictor:
                 pending, n_faces = [], 0
         yield from self._flush(pending, smooth, previous)
 
-    def _flush(self, pending, smooth: float, previous: dict[str, list[Face]]
-               ) -> Iterator[Prediction]:  # fmt: skip
+    def _flush(
+        self, pending, smooth: float, previous: dict[str, list[Face]]
+    ) -> Iterator[Prediction]:
         if not pending:
             return
         crops = np.concatenate([c for _, _, c in pending])
-        probs = (self.model.predict_proba(crops, batch_size=max(len(crops), 1), tta=self.tta)
-                 if len(crops) else np.zeros((0, len(EMOTIONS)), np.float32))  # fmt: skip
+        probs = (
+            self.model.predict_proba(crops, batch_size=max(len(crops), 1), tta=self.tta)
+            if len(crops)
+            else np.zeros((0, len(EMOTIONS)), np.float32)
+        )
         i = 0
         for pred, boxes, _ in pending:
             faces = [Face(b, probs[i + j]) for j, b in enumerate(boxes)]

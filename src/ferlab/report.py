@@ -49,8 +49,9 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
             with (path.parent / "metrics.csv").open() as f:
                 history = list(csv.DictReader(f))
         variant = r.get("variant") or path.parent.parent.name
-        results.append(TrialResult(variant, int(r.get("seed", 0)), path.parent, r["metrics"],
-                                   history))  # fmt: skip
+        results.append(
+            TrialResult(variant, int(r.get("seed", 0)), path.parent, r["metrics"], history)
+        )
     for path in sorted(root.rglob("error.json")):
         if not (path.parent / "result.json").is_file():
             err = json.loads(path.read_text())
@@ -76,8 +77,9 @@ def stats_table(trials: list[TrialResult]) -> list[str]:
     head = "| metric | stat | " + " | ".join(f"{i} {e}" for i, e in enumerate(EMOTIONS)) + " |"
     lines = [head, "|---|---|" + "---|" * len(EMOTIONS)]
     for metric in METRICS:
-        per_class = [summarize([t.per_class(metric)[c] for t in trials])
-                     for c in range(len(EMOTIONS))]  # fmt: skip
+        per_class = [
+            summarize([t.per_class(metric)[c] for t in trials]) for c in range(len(EMOTIONS))
+        ]
         for stat in ("max", "min", "std", "var", "mean"):
             name = {"std": "Std", "var": "Variance"}.get(stat, stat.capitalize())
             cells = " | ".join(_fmt(getattr(s, stat)) for s in per_class)
@@ -86,12 +88,15 @@ def stats_table(trials: list[TrialResult]) -> list[str]:
 
 
 def accuracy_line(s: Summary) -> str:
-    return (f"| {s.n} | {_fmt(s.mean, True)} | {_fmt(s.std, True)} | {_fmt(s.var)} | "
-            f"{_fmt(s.min, True)} | {_fmt(s.max, True)} | {_fmt(s.sem, True)} |")  # fmt: skip
+    return (
+        f"| {s.n} | {_fmt(s.mean, True)} | {_fmt(s.std, True)} | {_fmt(s.var)} | "
+        f"{_fmt(s.min, True)} | {_fmt(s.max, True)} | {_fmt(s.sem, True)} |"
+    )
 
 
-def build_report(root: str | Path, baseline: str = "", title: str = "", notes: str = ""
-                 ) -> list[Path]:  # fmt: skip
+def build_report(
+    root: str | Path, baseline: str = "", title: str = "", notes: str = ""
+) -> list[Path]:
     """Write report.md, report.html, results.csv, results.json and plots under ``root``."""
     root = Path(root)
     results, failures = collect(root)
@@ -115,12 +120,17 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes.strip(), ""]
-    lines += ["## Accuracy", "",
-              f"Baseline for comparisons: `{base}`. Std and variance are sample statistics "
-              "(ddof=1); SEM = Std / sqrt(n); p from Welch's t-test; CI is the 95% interval "
-              "of the difference to the baseline.", "",
-              "| variant | n | mean | Std | Variance | Min | Max | SEM | macro-F1 | "
-              "vs baseline | 95% CI | p |", "|---" * 12 + "|"]  # fmt: skip
+    lines += [
+        "## Accuracy",
+        "",
+        f"Baseline for comparisons: `{base}`. Std and variance are sample statistics "
+        "(ddof=1); SEM = Std / sqrt(n); p from Welch's t-test; CI is the 95% interval "
+        "of the difference to the baseline.",
+        "",
+        "| variant | n | mean | Std | Variance | Min | Max | SEM | macro-F1 | "
+        "vs baseline | 95% CI | p |",
+        "|---" * 12 + "|",
+    ]
     for v, ts in groups.items():
         s = acc[v]
         f1 = summarize([t.metrics["macro_f1"] for t in ts])
@@ -136,16 +146,32 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
             lines += ["", f"![{key}]({figures[key]})"]
     lines += ["", "## Per-class statistics", ""]
     for v, ts in groups.items():
-        lines += [f"### {v}", "", f"{len(ts)} run(s), seeds {sorted(t.seed for t in ts)}.", "",
-                  "Accuracy:", "", "| n | Mean | Std | Variance | Min | Max | SEM |",
-                  "|---|---|---|---|---|---|---|", accuracy_line(acc[v]), "",
-                  "Per class (labels 0..6):", "", *stats_table(ts), ""]  # fmt: skip
+        lines += [
+            f"### {v}",
+            "",
+            f"{len(ts)} run(s), seeds {sorted(t.seed for t in ts)}.",
+            "",
+            "Accuracy:",
+            "",
+            "| n | Mean | Std | Variance | Min | Max | SEM |",
+            "|---|---|---|---|---|---|---|",
+            accuracy_line(acc[v]),
+            "",
+            "Per class (labels 0..6):",
+            "",
+            *stats_table(ts),
+            "",
+        ]
         if f"confusion_{v}" in figures:
             lines += [f"![confusion {v}]({figures[f'confusion_{v}']})", ""]
     for key, label in (("batch_size", "batch sizes"), ("lr", "learning rates")):
         if f"val_loss_{key}" in figures:
-            lines += [f"## Validation loss: {label}", "", f"![{key}]({figures[f'val_loss_{key}']})",
-                      ""]  # fmt: skip
+            lines += [
+                f"## Validation loss: {label}",
+                "",
+                f"![{key}]({figures[f'val_loss_{key}']})",
+                "",
+            ]
     if failures:
         lines += ["## Failed trials", "", "| run | error |", "|---|---|"]
         lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
@@ -155,14 +181,25 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
 def _csv(results: list[TrialResult]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["variant", "seed", "class", "precision", "recall", "f1", "support", "accuracy",
-                "macro_f1"])  # fmt: skip
+    w.writerow(
+        ["variant", "seed", "class", "precision", "recall", "f1", "support", "accuracy", "macro_f1"]
+    )
     for t in results:
         for c in EMOTIONS:
             pc = t.metrics["per_class"][c]
-            w.writerow([t.variant, t.seed, c, repr(pc["precision"]), repr(pc["recall"]),
-                        repr(pc["f1"]), pc["support"], repr(t.metrics["accuracy"]),
-                        repr(t.metrics["macro_f1"])])  # fmt: skip
+            w.writerow(
+                [
+                    t.variant,
+                    t.seed,
+                    c,
+                    repr(pc["precision"]),
+                    repr(pc["recall"]),
+                    repr(pc["f1"]),
+                    pc["support"],
+                    repr(t.metrics["accuracy"]),
+                    repr(t.metrics["macro_f1"]),
+                ]
+            )
     return buf.getvalue()
 
 
@@ -172,13 +209,25 @@ def _json(groups, failures, base) -> dict[str, Any]:
         acc = [t.metrics["accuracy"] for t in ts]
         c = welch([t.metrics["accuracy"] for t in groups[base]], acc)
         out["variants"][v] = {
-            "runs": [{"seed": t.seed, "dir": str(t.run_dir), "accuracy": t.metrics["accuracy"],
-                      "macro_f1": t.metrics["macro_f1"]} for t in ts],
+            "runs": [
+                {
+                    "seed": t.seed,
+                    "dir": str(t.run_dir),
+                    "accuracy": t.metrics["accuracy"],
+                    "macro_f1": t.metrics["macro_f1"],
+                }
+                for t in ts
+            ],
             "accuracy": {**summarize(acc).__dict__, "sem": summarize(acc).sem},
             "vs_baseline": c.__dict__,
-            "per_class": {m: [summarize([t.per_class(m)[i] for t in ts]).__dict__
-                              for i in range(len(EMOTIONS))] for m in METRICS},
-        }  # fmt: skip
+            "per_class": {
+                m: [
+                    summarize([t.per_class(m)[i] for t in ts]).__dict__
+                    for i in range(len(EMOTIONS))
+                ]
+                for m in METRICS
+            },
+        }
     return json.loads(json.dumps(out, default=str).replace("NaN", "null"))
 
 
@@ -187,8 +236,8 @@ def _figures(root: Path, groups: dict[str, list[TrialResult]]) -> dict[str, str]
         f1_bars_figure,
         mean_confusion_figure,
         save_figure,
-        variant_curves_figure,
         val_loss_figure,
+        variant_curves_figure,
     )
 
     plots = root / "plots"
@@ -234,10 +283,16 @@ def _html(md: str, root: Path) -> str:
         if rows:
             cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
             head, data = cells[0], [c for c in cells[2:]]
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
-                        + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>"
-                                                             for c in r) + "</tr>" for r in data)
-                        + "</table>")  # fmt: skip
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                + "</tr>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                    for r in data
+                )
+                + "</table>"
+            )
             rows.clear()
 
     for line in md.splitlines():
@@ -254,12 +309,16 @@ def _html(md: str, root: Path) -> str:
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
     flush_table()
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "img{max-width:100%}")  # fmt: skip
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ferlab report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ferlab report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def _write(path: Path, text: str) -> Path:
