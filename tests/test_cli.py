@@ -52,8 +52,8 @@ def test_python_dash_m_and_models():
 def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(cfg, resume=None):
-        seen.update(cfg=cfg, resume=resume)
+    def fake_train(cfg, resume=None, runtime=None):
+        seen.update(cfg=cfg, resume=resume, runtime=runtime)
         return Path("runs/x")
 
     monkeypatch.setattr(sys.modules["ferlab.train"], "train", fake_train)
@@ -83,8 +83,9 @@ def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
         False,
         str(tiny_csv),
     )
-    r = runner.invoke(cli.app, ["train", "--resume", "runs/old"])
+    r = runner.invoke(cli.app, ["train", "--resume", "runs/old", "--set", "threads=2"])
     assert r.exit_code == 0 and seen["resume"] == Path("runs/old")
+    assert seen["runtime"] == {"threads": 2}
 
 
 def test_train_then_evaluate_end_to_end(tiny_csv, tmp_path):

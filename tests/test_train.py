@@ -69,7 +69,9 @@ def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypa
         train(_cfg(real_csv, tmp_path, name="killed", epochs=3))
     assert len(_rows(tmp_path / "runs" / "killed")) == 2
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
-    resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed")
+    with pytest.raises(ValueError, match=r"only .*threads.* may change"):
+        train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"lr": 1.0})
+    resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"threads": 1})
     assert _rows(resumed) == _rows(full)
     a = torch.load(full / "last.pt", weights_only=True)["model"]
     b = torch.load(resumed / "last.pt", weights_only=True)["model"]

@@ -89,7 +89,10 @@ def train(
     from .train import train as run_training
 
     if resume is not None:
-        run_dir = run_training(TrainConfig(), resume=resume)
+        runtime = dict(parse_override(s) for s in set_ or [])
+        if device is not None:
+            runtime["device"] = device
+        run_dir = run_training(TrainConfig(), resume=resume, runtime=runtime)
     else:
         cfg = _config(
             config,

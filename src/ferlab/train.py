@@ -171,13 +171,27 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.out) / name
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
-    """Train a model as ``cfg`` says and return its run directory."""
+RUNTIME_KEYS = ("threads", "device")  # may change on resume: they do not change the recipe
+
+
+def train(
+    cfg: TrainConfig, resume: str | Path | None = None, runtime: dict[str, Any] | None = None
+) -> Path:
+    """Train a model as ``cfg`` says and return its run directory.
+
+    ``resume``: a run directory to continue from its last.pt; its saved config is used, with
+    ``runtime`` (threads, device) changed if given.
+    """
     ckpt = None
     if resume is not None:
         run_dir = Path(resume)
         ckpt = load_checkpoint(run_dir / "last.pt")
-        cfg = TrainConfig.from_dict(ckpt["config"])
+        bad = sorted(set(runtime or {}) - set(RUNTIME_KEYS))
+        if bad:
+            raise ValueError(
+                f"a resumed run keeps its recipe; only {RUNTIME_KEYS} may change, not {bad}"
+            )
+        cfg = TrainConfig.from_dict({**ckpt["config"], **(runtime or {})})
     else:
         run_dir = _run_dir(cfg)
         if (run_dir / "last.pt").exists():
