@@ -67,3 +67,40 @@ def save_image(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A real but untrained Classifier: fast, for the mechanics of prediction."""
+    import torch
+
+    from ferlab.classifier import Classifier
+    from ferlab.models import create_model
+    from ferlab.transforms import preprocess_spec
+
+    torch.manual_seed(0)
+    return Classifier(
+        create_model("vggnet_s", widths=[4, 8, 8, 8]),
+        preprocess_spec("minmax"),
+        name="vggnet_s",
+        meta={"model_kwargs": {"widths": [4, 8, 8, 8]}},
+    )
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """skimage's astronaut (Eileen Collins, NASA, public domain): one smiling face."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture
+def photo_dir(tmp_path, astronaut):
+    """A folder: the astronaut photo, a faceless photo and a nested copy."""
+    from skimage import data
+
+    save_image(tmp_path / "photos" / "astronaut.jpg", astronaut)
+    save_image(tmp_path / "photos" / "coffee.png", data.coffee())
+    save_image(tmp_path / "photos" / "sub" / "astronaut2.png", astronaut[:300, :300])
+    return tmp_path / "photos"

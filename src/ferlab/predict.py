@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .data import EMOTIONS, IMAGE_SUFFIXES
-from .faces import FaceDetector, create_detector, crop_faces
+from .faces import MARGIN, FaceDetector, create_detector, crop_faces
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
@@ -243,6 +243,8 @@ class Predictor:
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size = batch_size
         self.tta = tta
+        # ready-made crops are used as they are; detected boxes get FER-2013's margin
+        self.margin = 0.0 if self.detector.name == "none" else MARGIN
 
     def __call__(self, source: Any, every: int = 1, smooth: float = 0.0) -> Iterator[Prediction]:
         """Yield a Prediction per image or frame of ``source`` (path, folder, video, array,
@@ -260,7 +262,7 @@ class Predictor:
             crops = np.zeros((0, 48, 48), np.uint8)
             if pred.error is None:
                 boxes = list(self.detector.detect(pred.image))
-                crops = crop_faces(pred.image, boxes)
+                crops = crop_faces(pred.image, boxes, self.margin)
             pending.append((pred, boxes, crops))
             n_faces += len(boxes)
             # frames without faces count too, so a faceless video cannot pile up in memory

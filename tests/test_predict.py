@@ -1,0 +1,183 @@
+import csv
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferlab import EMOTIONS
+from ferlab.outputs import to_csv, to_markdown, write_predictions
+from ferlab.predict import Face, Prediction, Predictor, count_frames, read_rgb
+
+FACE_REGION = (150, 20, 110, 130)  # x, y, w, h around the astronaut's face
+
+
+def inside(box, region=FACE_REGION) -> bool:
+    x, y, w, h = box
+    cx, cy = x + w / 2, y + h / 2
+    rx, ry, rw, rh = region
+    return rx <= cx <= rx + rw and ry <= cy <= ry + rh
+
+
+def write_video(path, astronaut, n=12, fps=10.0):
+    """A real-face video: a 256x256 window sliding across the astronaut photo."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (256, 256))
+    for i in range(n):
+        frame = astronaut[0:256, 60 + 4 * i : 316 + 4 * i]
+        writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_photo_gives_one_face_with_probabilities(tiny_model, astronaut):
+    (pred,) = list(Predictor(tiny_model)(astronaut))
+    assert len(pred.faces) == 1 and inside(pred.faces[0].box)
+    face = pred.faces[0]
+    assert face.probs.shape == (7,) and abs(face.probs.sum() - 1) < 1e-5
+    assert face.label in EMOTIONS and face.confidence == pytest.approx(face.probs.max())
+    d = face.to_dict()
+    assert list(d) == ["box", "emotions"] and list(d["emotions"]) == list(EMOTIONS)
+    assert pred.plot().shape == astronaut.shape
+
+
+def test_shipped_model_reads_the_astronauts_smile(astronaut):
+    (pred,) = list(Predictor()(astronaut))
+    assert [f.label for f in pred.faces] == ["happy"]
+    assert pred.faces[0].confidence > 0.5
+
+
+def test_folder_recursive_batched_and_faceless(tiny_model, photo_dir):
+    preds = list(Predictor(tiny_model, batch_size=1)(photo_dir))
+    names = [p.path.split("/")[-1] for p in preds]
+    assert names == ["astronaut.jpg", "coffee.png", "astronaut2.png"]
+    assert [len(p.faces) for p in preds] == [1, 0, 1]
+    # batching across images does not change results
+    again = list(Predictor(tiny_model, batch_size=64)(photo_dir))
+    np.testing.assert_allclose(preds[0].faces[0].probs, again[0].faces[0].probs, atol=1e-6)
+    assert count_frames(photo_dir) == 3
+
+
+def test_no_detect_treats_inputs_as_crops(tiny_model):
+    crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    preds = list(Predictor(tiny_model, detector="none")(list(crops)))
+    assert [p.faces[0].box for p in preds] == [(0, 0, 48, 48)] * 3
+    np.testing.assert_allclose(
+        np.stack([p.faces[0].probs for p in preds]), tiny_model.predict_proba(crops), atol=1e-5
+    )
+
+
+def test_bad_files_are_reported_and_skipped(tiny_model, photo_dir):
+    (photo_dir / "notes.jpg").write_text("not an image")
+    preds = list(Predictor(tiny_model)(photo_dir))
+    bad = [p for p in preds if p.error]
+    assert len(preds) == 4 and len(bad) == 1
+    assert "notes.jpg: not a readable image" in bad[0].error and bad[0].faces == []
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (8000, 6000)).save(path)  # 48 Mpx of zeros: a tiny file, a huge image
+    with pytest.raises(ValueError, match="over the limit"):
+        read_rgb(path)
+
+
+def test_video_streams_every_kth_frame_with_times(tiny_model, tmp_path, astronaut):
+    video = write_video(tmp_path / "clip.mp4", astronaut)
+    assert count_frames(video, every=3) == 4
+    preds = list(Predictor(tiny_model)(video, every=3, smooth=0.5))
+    assert [p.frame for p in preds] == [0, 3, 6, 9]
+    assert [p.time for p in preds] == pytest.approx([0.0, 0.3, 0.6, 0.9])
+    assert all(len(p.faces) == 1 for p in preds)
+    rows = list(csv.DictReader(io.StringIO(to_csv([p.to_dict() for p in preds]))))
+    assert [(r["frame"], r["time"]) for r in rows] == [
+        ("0", "0.000"),
+        ("3", "0.300"),
+        ("6", "0.600"),
+        ("9", "0.900"),
+    ]
+
+
+def test_smoothing_blends_matched_faces(tiny_model, tmp_path, astronaut):
+    video = write_video(tmp_path / "clip.mp4", astronaut, n=6)
+    raw = list(Predictor(tiny_model)(video))
+    smooth = list(Predictor(tiny_model)(video, smooth=0.5))
+    np.testing.assert_allclose(smooth[0].faces[0].probs, raw[0].faces[0].probs, atol=1e-6)
+    expected = 0.5 * smooth[0].faces[0].probs + 0.5 * raw[1].faces[0].probs
+    np.testing.assert_allclose(smooth[1].faces[0].probs, expected / expected.sum(), atol=1e-5)
+
+
+def test_outputs_written_under_out(tiny_model, tmp_path, photo_dir, astronaut):
+    video = write_video(photo_dir / "clip.mp4", astronaut, n=4)
+    records, files = write_predictions(Predictor(tiny_model)(photo_dir), tmp_path / "out")
+    names = sorted(f.relative_to(tmp_path / "out").as_posix() for f in files)
+    assert names == [
+        "annotated/astronaut.jpg",
+        "annotated/astronaut2.jpg",
+        "annotated/coffee.jpg",
+        "clip_annotated.mp4",
+        "clip_timeline.png",
+        "predictions.csv",
+        "predictions.json",
+        "predictions.md",
+    ]
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "clip_annotated.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+    assert video.exists()
+    data = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(data) == 3 + 4 and data[0]["faces"][0]["box"] == list(records[0]["faces"][0]["box"])
+    md = (tmp_path / "out" / "predictions.md").read_text()
+    assert "- faces: 6" in md and "- without a face: 1" in md
+
+
+def test_markdown_summary_counts():
+    faces = [Face((0, 0, 1, 1), np.eye(7, dtype=np.float32)[i]) for i in (3, 3, 4)]
+    pred = Prediction("a.jpg", None, np.zeros((1, 1, 3), np.uint8), faces)
+    md = to_markdown([pred.to_dict()])
+    assert "| happy | 2 | 66.7% | 0.667 |" in md and "| sad | 1 | 33.3% | 0.333 |" in md
+
+
+def test_bad_arguments(tiny_model):
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        list(Predictor(tiny_model)(np.zeros((8, 8, 3), np.uint8), every=0))
+    with pytest.raises(TypeError, match="unsupported source int"):
+        list(Predictor(tiny_model)(5))
+    blank = list(Predictor(tiny_model)(np.zeros((100, 100, 3), np.uint8)))
+    assert blank[0].faces == []
+
+
+def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
+    import shutil
+    import subprocess
+
+    from ferlab.export import export_safetensors
+
+    json_path, _ = export_safetensors(tiny_model, tmp_path / "tiny")
+    ferlab = shutil.which("ferlab")
+    assert ferlab
+
+    def run(*args):
+        return subprocess.run([ferlab, "predict", *args], capture_output=True, text=True)
+
+    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(json_path), "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 1 and rows[0]["path"].endswith("astronaut.jpg")
+    (photo_dir / "broken.png").write_bytes(b"\x89PNG nope")
+    r = run(
+        str(photo_dir),
+        "--model",
+        str(json_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--format",
+        "json,md",
+    )
+    assert r.returncode == 1
+    assert r.stderr.count("error:") == 1 and "broken.png: not a readable image" in r.stderr
+    assert len(json.loads((tmp_path / "o" / "predictions.json").read_text())) == 4
+    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(json_path), "--runtime", "onnx")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)[0]["faces"]) == 1
