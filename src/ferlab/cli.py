@@ -221,6 +221,36 @@ def _progress(stream, total: int | None):
 
 
 @app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the annotated photo and predictions go")] = Path(
+        "runs/demo"
+    ),
+    model: Annotated[str | None, typer.Option(help="Model [default: shipped]")] = None,
+    detector: Annotated[str, typer.Option(help="Face detector")] = "haar",
+) -> None:
+    """Recognise the expression in a demo photo (scikit-image's astronaut, NASA, public domain)."""
+    from PIL import Image
+
+    from .outputs import write_predictions
+    from .predict import Predictor, demo_image
+
+    photo = out / "astronaut.png"
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(demo_image()).save(photo)
+    predictor = Predictor(_load(model, "torch"), detector)
+    records, files = write_predictions(predictor(photo), out, ["json"])
+    table = Table(title="astronaut (skimage.data.astronaut)")
+    for col in ("box", "label", *EMOTIONS):
+        table.add_column(col, justify="right")
+    for face in records[0]["faces"]:
+        probs = face["emotions"]
+        label = max(probs, key=probs.get)
+        table.add_row(str(face["box"]), label, *(f"{probs[e]:.3f}" for e in EMOTIONS))
+    console.print(table)
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+@app.command()
 def export(
     model: Annotated[
         str | None, typer.Argument(help="Checkpoint or run dir [default: shipped]")

@@ -120,6 +120,13 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"images must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
 
 
+def demo_image() -> np.ndarray:
+    """A real photo with one face: scikit-image's astronaut (Eileen Collins, NASA)."""
+    from skimage import data
+
+    return data.astronaut()
+
+
 def iter_files(folder: Path) -> list[Path]:
     """Images and videos under ``folder``, recursively, in sorted order."""
     kinds = IMAGE_SUFFIXES + VIDEO_SUFFIXES + (".webp", ".tif", ".tiff", ".gif")

@@ -1,0 +1,76 @@
+"""Inference speed: faces/s for 48x48 classification, ms per photo end to end.
+
+    python benchmarks/infer_speed.py                      # the shipped model
+    python benchmarks/infer_speed.py --model runs/x/best.pt --seconds 5
+
+Classification: PyTorch (eager, fp32) and ONNX Runtime, batch 1 and 64, on random faces
+(speed does not depend on content). End to end: read nothing, detect + crop + classify a
+512x512 real photo (scikit-image's astronaut) with each detector that is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ferlab import load_model
+from ferlab.export import export_onnx, load_onnx
+from ferlab.faces import create_detector, list_detectors
+from ferlab.predict import Predictor, demo_image
+
+
+def rate(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
+    """Calls per second of ``fn`` over about ``seconds`` (after one warm-up call)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - t0), n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default=None, help="model path or shipped name [default: shipped]")
+    p.add_argument("--seconds", type=float, default=5.0)
+    args = p.parse_args()
+    clf = load_model(args.model)
+    onnx = load_onnx(export_onnx(clf, Path(tempfile.mkdtemp()) / "m.onnx"))
+    print(
+        f"model {clf.name} ({args.model or 'shipped default'}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {platform.machine()}, "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    print("\n| runtime | batch | faces/s |\n|---|---|---|")
+    for name, m in (("PyTorch", clf), ("ONNX Runtime", onnx)):
+        for batch in (1, 64):
+            calls, _ = rate(
+                lambda m=m, b=batch: m.predict_proba(faces[:b], batch_size=b), args.seconds
+            )
+            print(f"| {name} | {batch} | {calls * batch:,.0f} |", flush=True)
+    photo = demo_image()
+    print("\n| detector | detect ms/photo | end to end ms/photo (PyTorch) | faces found |")
+    print("|---|---|---|---|")
+    for det_name in list_detectors():
+        try:
+            det = create_detector(det_name)
+        except (ImportError, ValueError) as e:
+            print(f"| {det_name} | unavailable: {e} | | |")
+            continue
+        detect, _ = rate(lambda d=det: d.detect(photo), args.seconds)
+        predictor = Predictor(clf, det)
+        e2e, _ = rate(lambda pr=predictor: list(pr(photo)), args.seconds)
+        found = len(next(iter(predictor(photo))).faces)
+        print(f"| {det_name} | {1000 / detect:.1f} | {1000 / e2e:.1f} | {found} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
