@@ -154,14 +154,14 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
 
     from ferlab.export import export_safetensors
 
-    json_path, _ = export_safetensors(tiny_model, tmp_path / "tiny")
+    weights, _ = export_safetensors(tiny_model, tmp_path / "tiny")
     ferlab = shutil.which("ferlab")
     assert ferlab
 
     def run(*args):
         return subprocess.run([ferlab, "predict", *args], capture_output=True, text=True)
 
-    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(json_path), "--format", "csv")
+    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(weights), "--format", "csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(rows) == 1 and rows[0]["path"].endswith("astronaut.jpg")
@@ -169,7 +169,7 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
     r = run(
         str(photo_dir),
         "--model",
-        str(json_path),
+        str(weights),
         "--out",
         str(tmp_path / "o"),
         "--format",
@@ -178,6 +178,6 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
     assert r.returncode == 1
     assert r.stderr.count("error:") == 1 and "broken.png: not a readable image" in r.stderr
     assert len(json.loads((tmp_path / "o" / "predictions.json").read_text())) == 4
-    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(json_path), "--runtime", "onnx")
+    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(weights), "--runtime", "onnx")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)[0]["faces"]) == 1

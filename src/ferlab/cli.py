@@ -259,6 +259,9 @@ def export(
     out: Annotated[Path, typer.Option(help="Output file (.onnx) or stem (safetensors)")] = Path(
         "model.onnx"
     ),
+    info: Annotated[
+        Path | None, typer.Option(help="YAML/JSON of extra facts (safetensors)")
+    ] = None,
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
     from .classifier import load_model
@@ -268,7 +271,10 @@ def export(
     if format == "onnx":
         console.print(f"wrote {export_onnx(clf, out)}")
     elif format == "safetensors":
-        console.print("wrote " + ", ".join(map(str, export_safetensors(clf, out))))
+        import yaml
+
+        extra = yaml.safe_load(info.read_text()) if info else None
+        console.print("wrote " + ", ".join(map(str, export_safetensors(clf, out, extra=extra))))
     else:
         raise ValueError(f"unknown format {format!r}; expected onnx or safetensors")
 
