@@ -1,6 +1,7 @@
 """Face detection and cropping on real photos (scikit-image's astronaut: Eileen Collins, NASA)."""
 
 import importlib.util
+import sys
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ from skimage import data
 
 from ferlab.faces import (
     MARGIN,
+    DlibDetector,
     HaarDetector,
     create_detector,
     crop_face,
@@ -33,6 +35,7 @@ BACKENDS = [
         "mediapipe",
         marks=pytest.mark.skipif(not _has_mediapipe(), reason="needs ferlab[mediapipe]"),
     ),
+    "dlib",  # skipped by the fixture when dlib is not installed
 ]
 
 
@@ -57,6 +60,8 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def detector(request):
+    if request.param == "dlib":
+        pytest.importorskip("dlib", reason="needs ferlab[dlib]")
     return create_detector(request.param)
 
 
@@ -99,10 +104,13 @@ def test_face_on_a_large_flat_background(detector, astronaut):
     assert len(boxes) == 1 and centre_in(boxes[0], (285 + 70, 290 + 55, 90, 100)), boxes
 
 
-def test_large_image_boxes_scaled_back(astronaut):
+@pytest.mark.parametrize("name", ["haar", "dlib"])
+def test_large_image_boxes_scaled_back(astronaut, name):
+    if name == "dlib":
+        pytest.importorskip("dlib", reason="needs ferlab[dlib]")
     # 1024 px is shrunk to 640 for detection; the box must come back in 1024-px coordinates
     big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
-    boxes = HaarDetector(max_side=640).detect(big)
+    boxes = create_detector(name, max_side=640).detect(big)
     assert max(iou(b, tuple(2 * v for v in FACE)) for b in boxes) > 0.6, boxes
 
 
@@ -119,15 +127,32 @@ def test_none_detector_whole_image(astronaut):
 
 
 def test_unknown_detector_lists_valid_names():
-    assert list_detectors() == ["haar", "mediapipe", "none"]
-    with pytest.raises(ValueError, match=r"'dlib'.*haar, mediapipe, none"):
-        create_detector("dlib")
+    assert list_detectors() == ["haar", "mediapipe", "dlib", "none"]
+    with pytest.raises(ValueError, match=r"'yunet'.*haar, mediapipe, dlib, none"):
+        create_detector("yunet")
 
 
 @pytest.mark.skipif(_has_mediapipe(), reason="mediapipe is installed")
 def test_mediapipe_missing_says_how_to_install():
     with pytest.raises(ImportError, match=r"pip install 'ferlab\[mediapipe\]'"):
         create_detector("mediapipe")
+
+
+def test_dlib_upsample_finds_small_faces(astronaut):
+    pytest.importorskip("dlib", reason="needs ferlab[dlib]")
+    # at 256 px the face is about 50 px, under the HOG window: only upsampling finds it
+    small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    assert DlibDetector().detect(small) == []
+    boxes = DlibDetector(upsample=1).detect(small)
+    assert len(boxes) == 1 and iou(boxes[0], tuple(v // 2 for v in FACE)) > 0.6, boxes
+
+
+def test_dlib_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'ferlab\[dlib\]'"):
+        create_detector("dlib")
+    with pytest.raises(ImportError, match=r"pip install 'ferlab\[dlib\]'"):
+        DlibDetector()
 
 
 def test_missing_cascade_is_a_clear_error(tmp_path, monkeypatch):

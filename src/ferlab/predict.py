@@ -7,6 +7,7 @@ frame by frame so memory stays flat.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageOps
 
-from .data import EMOTIONS, IMAGE_SUFFIXES
+from .data import EMOTIONS, IMAGE_SUFFIXES, atomic_write_bytes
 from .faces import MARGIN, FaceDetector, create_detector, crop_faces
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -82,11 +83,8 @@ class Prediction:
         return draw_faces(self.image, self.faces)
 
     def save(self, path: str | Path) -> Path:
-        from .data import atomic_write_bytes
-
+        """Write the annotated image (JPEG, or PNG by suffix) atomically."""
         path = Path(path)
-        import io
-
         buf = io.BytesIO()
         fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
         Image.fromarray(self.plot()).save(buf, format=fmt, quality=92)

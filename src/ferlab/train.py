@@ -11,6 +11,7 @@ import csv
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .data import EMOTIONS, atomic_write_bytes, load_dataset, split_dataset, str
 from .evaluate import evaluate_logits, predict_logits
 from .losses import create_loss
 from .models import create_model
+from .optim import create_optimizer, create_scheduler
 from .transforms import Augment, preprocess_spec, scale, to_float
 
 log = logging.getLogger(__name__)
@@ -65,56 +67,57 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kw
 
 
-def create_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam, adamw or sgd")
-
-
-def create_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    """Plateau steps once per epoch on val loss; cosine and onecycle once per batch."""
-    if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, "min", cfg.plateau_factor, cfg.plateau_patience, min_lr=cfg.min_lr
-        )
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr
-        )
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_epochs
-        )
-    if cfg.scheduler == "none":
-        return None
-    raise ValueError(
-        f"unknown scheduler {cfg.scheduler!r}; expected plateau, cosine, onecycle, none"
-    )
-
-
 def batch_sizes(n: int, batch_size: int) -> int:
     # A last batch of one sample would break batch norm in train mode: drop it.
     return n // batch_size + (1 if n % batch_size > 1 else 0)
 
 
+@dataclass
+class Parts:
+    """What one training run is made of, built from its config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    augment: Augment | None
+    spec: dict  # preprocessing, saved with the model
+    generator: torch.Generator  # shuffling and augmentation; saved for exact resume
+    kwargs: dict[str, Any]  # model kwargs
+
+
+def build_parts(cfg: TrainConfig, data: dict[str, torch.Tensor], device: torch.device) -> Parts:
+    kwargs = model_kwargs(cfg)
+    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = create_optimizer(cfg, model)
+    steps = batch_sizes(len(data["train_y"]), cfg.batch_size)
+    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
+    augment = None
+    if cfg.augment:
+        augment = Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
+    return Parts(
+        model,
+        optimizer,
+        create_scheduler(cfg, optimizer, steps),
+        loss_fn.to(device),
+        augment,
+        preprocess_spec(cfg.normalize, data["train_x"]),
+        torch.Generator().manual_seed(cfg.seed),
+        kwargs,
+    )
+
+
 def train_one_epoch(
-    model, data, optimizer, scheduler, loss_fn, augment, spec, cfg, device, generator, desc=""
+    parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device: torch.device, desc=""
 ) -> dict[str, float]:
+    """One pass over the training split; returns mean loss and accuracy."""
+    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
     model.train()
     x_all, y_all = data["train_x"], data["train_y"]
     n = len(y_all)
-    perm = torch.randperm(n, generator=generator)
+    perm = torch.randperm(n, generator=parts.generator)
     steps = batch_sizes(n, cfg.batch_size)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -131,14 +134,14 @@ def train_one_epoch(
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = to_float(x_all[idx].to(device, non_blocking=True))
         y = y_all[idx].to(device, non_blocking=True)
-        if augment is not None:
-            x = augment(x, generator)
-        x = scale(x, spec)
+        if parts.augment is not None:
+            x = parts.augment(x, parts.generator)
+        x = scale(x, parts.spec)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = parts.loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -182,48 +185,17 @@ def train(
     ``resume``: a run directory to continue from its last.pt; its saved config is used, with
     ``runtime`` (threads, device) changed if given.
     """
-    ckpt = None
-    if resume is not None:
-        run_dir = Path(resume)
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        bad = sorted(set(runtime or {}) - set(RUNTIME_KEYS))
-        if bad:
-            raise ValueError(
-                f"a resumed run keeps its recipe; only {RUNTIME_KEYS} may change, not {bad}"
-            )
-        cfg = TrainConfig.from_dict({**ckpt["config"], **(runtime or {})})
-    else:
-        run_dir = _run_dir(cfg)
-        if (run_dir / "last.pt").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; resume it or pick a new name")
+    cfg, run_dir, ckpt = _prepare(cfg, resume, runtime)
+    if cfg.monitor not in ("val_loss", "val_acc"):
+        raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-
     data = load_splits(cfg)
-    spec = preprocess_spec(cfg.normalize, data["train_x"])
+    parts = build_parts(cfg, data, device)
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
-    kwargs = model_kwargs(cfg)
-    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    steps = batch_sizes(len(data["train_y"]), cfg.batch_size)
-    optimizer = create_optimizer(cfg, model)
-    scheduler = create_scheduler(cfg, optimizer, steps)
-    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing).to(
-        device
-    )
-    augment = (
-        Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
-        if cfg.augment
-        else None
-    )
-    sign = -1.0 if cfg.monitor == "val_loss" else 1.0
-    if cfg.monitor not in ("val_loss", "val_acc"):
-        raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
     state: dict[str, Any] = {
         "epoch": -1,
         "best": -math.inf,
@@ -231,97 +203,60 @@ def train(
         "bad_epochs": 0,
         "stopped": False,
     }
-
-    run_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        generator.set_state(ckpt["rng"]["generator"])
-        rows = [
-            r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1
-        ]
-        log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 1)
+        state, rows = _restore(ckpt, parts, run_dir)
     else:
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
 
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["stopped"]:
             break
         t0 = time.perf_counter()
-        stats = train_one_epoch(
-            model,
-            data,
-            optimizer,
-            scheduler,
-            loss_fn,
-            augment,
-            spec,
-            cfg,
-            device,
-            generator,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        )
+        stats = train_one_epoch(parts, data, cfg, device, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         seconds = time.perf_counter() - t0
         logits = predict_logits(
-            model, data["val_x"], spec, device, cfg.eval_batch_size, channels_last=cfg.channels_last
+            parts.model,
+            data["val_x"],
+            parts.spec,
+            device,
+            cfg.eval_batch_size,
+            channels_last=cfg.channels_last,
         )
         val = evaluate_logits(logits, data["val_y"].cpu())
         val_loss = val.loss if val.loss is not None else math.nan
-        lr = optimizer.param_groups[0]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_loss)
-        row = {
-            "epoch": epoch + 1,
-            "lr": f"{lr:.3g}",
-            "train_loss": f"{stats['train_loss']:.5f}",
-            "train_acc": f"{stats['train_acc']:.5f}",
-            "val_loss": f"{val_loss:.5f}",
-            "val_acc": f"{val.accuracy:.5f}",
-            "seconds": f"{seconds:.1f}",
-            "images_per_s": f"{len(data['train_y']) / seconds:.1f}",
-        }
-        rows.append(row)
-        score = sign * (val_loss if cfg.monitor == "val_loss" else val.accuracy)
-        # relative threshold as ReduceLROnPlateau's default: noise-level gains do not count
-        improved = state["best_epoch"] < 0 or score > state["best"] + 1e-4 * abs(state["best"])
-        if improved:
-            state.update(best=score, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["stopped"] = bool(cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping)
-        _write_rows(run_dir / "metrics.csv", rows)
-        save_checkpoint(
+        lr = parts.optimizer.param_groups[0]["lr"]
+        if isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            parts.scheduler.step(val_loss)
+        rows.append(
             {
-                "model_name": cfg.model,
-                "model_kwargs": {
-                    k: v for k, v in kwargs.items() if k not in ("pretrained", "frozen_blocks")
-                },
-                "classes": list(EMOTIONS),
-                "preprocess": spec,
-                "config": cfg.to_dict(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "state": dict(state),
-                "metrics": {"val_acc": val.accuracy, "val_loss": val_loss},
-                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
-            },
-            run_dir / "last.pt",
+                "epoch": epoch + 1,
+                "lr": f"{lr:.3g}",
+                "train_loss": f"{stats['train_loss']:.5f}",
+                "train_acc": f"{stats['train_acc']:.5f}",
+                "val_loss": f"{val_loss:.5f}",
+                "val_acc": f"{val.accuracy:.5f}",
+                "seconds": f"{seconds:.1f}",
+                "images_per_s": f"{len(data['train_y']) / seconds:.1f}",
+            }
         )
+        improved = _advance(
+            state,
+            val_loss if cfg.monitor == "val_loss" else -val.accuracy,
+            epoch,
+            cfg.early_stopping,
+        )
+        _write_rows(run_dir / "metrics.csv", rows)
+        save_checkpoint(_checkpoint(cfg, parts, state, val.accuracy, val_loss), run_dir / "last.pt")
         if improved:
             copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
         log.info(
-            "epoch %d/%d  lr %s  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.0fs "
-            "(%.0f img/s)%s",
+            "epoch %d/%d  lr %.3g  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
+            "%.0fs (%.0f img/s)%s",
             epoch + 1,
             cfg.epochs,
-            row["lr"],
+            lr,
             stats["train_loss"],
             stats["train_acc"],
             val_loss,
@@ -336,6 +271,76 @@ def train(
             )
     _save_curves(run_dir, rows)
     return run_dir
+
+
+def _prepare(
+    cfg: TrainConfig, resume: str | Path | None, runtime: dict[str, Any] | None
+) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+    """The config and run directory of a new run, or those of a run to resume."""
+    if resume is None:
+        run_dir = _run_dir(cfg)
+        if (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it or pick a new name")
+        return cfg, run_dir, None
+    run_dir = Path(resume)
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    bad = sorted(set(runtime or {}) - set(RUNTIME_KEYS))
+    if bad:
+        raise ValueError(
+            f"a resumed run keeps its recipe; only {RUNTIME_KEYS} may change, not {bad}"
+        )
+    return TrainConfig.from_dict({**ckpt["config"], **(runtime or {})}), run_dir, ckpt
+
+
+def _advance(state: dict[str, Any], loss: float, epoch: int, patience: int) -> bool:
+    """Record an epoch's monitored value (lower is better); True if it is a new best."""
+    score = -loss
+    # relative threshold as ReduceLROnPlateau's default: noise-level gains do not count
+    improved = state["best_epoch"] < 0 or score > state["best"] + 1e-4 * abs(state["best"])
+    if improved:
+        state.update(best=score, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    state["stopped"] = bool(patience and state["bad_epochs"] >= patience)
+    return improved
+
+
+def _checkpoint(
+    cfg: TrainConfig, parts: Parts, state: dict[str, Any], val_acc: float, val_loss: float
+) -> dict[str, Any]:
+    """A plain dict: enough to rebuild the model without the CLI, and to resume exactly."""
+    return {
+        "model_name": cfg.model,
+        "model_kwargs": {
+            k: v for k, v in parts.kwargs.items() if k not in ("pretrained", "frozen_blocks")
+        },
+        "classes": list(EMOTIONS),
+        "preprocess": parts.spec,
+        "config": cfg.to_dict(),
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "state": dict(state),
+        "metrics": {"val_acc": val_acc, "val_loss": val_loss},
+        "rng": {"torch": torch.get_rng_state(), "generator": parts.generator.get_state()},
+    }
+
+
+def _restore(
+    ckpt: dict[str, Any], parts: Parts, run_dir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.scheduler is not None:
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    parts.generator.set_state(ckpt["rng"]["generator"])
+    state = ckpt["state"]
+    # rows written after the checkpoint (killed in between) are dropped and redone
+    rows = [r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1]
+    log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 2)
+    return state, list(rows)
 
 
 def _save_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:

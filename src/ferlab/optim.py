@@ -1,0 +1,46 @@
+"""Optimisers and learning-rate schedules selectable by name in the config."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def create_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam, adamw or sgd")
+
+
+def create_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Plateau steps once per epoch on val loss; cosine and onecycle once per batch."""
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, "min", cfg.plateau_factor, cfg.plateau_patience, min_lr=cfg.min_lr
+        )
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr
+        )
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_epochs
+        )
+    if cfg.scheduler == "none":
+        return None
+    raise ValueError(
+        f"unknown scheduler {cfg.scheduler!r}; expected plateau, cosine, onecycle, none"
+    )
