@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -43,7 +44,9 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
         return
     threads = threads_per_worker(workers)
     # spawn, not fork: a forked process inherits torch's thread pool in an unsafe state
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker
+    ) as pool:
         futures: dict[Any, Trial] = {
             pool.submit(run_trial, cfg, split, threads): trial for cfg, trial in todo
         }
@@ -66,6 +69,14 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
                     total,
                     f"{trial.variant}/seed{trial.seed} finished",
                 )
+
+
+def _init_worker() -> None:
+    """Workers log one line per epoch (prefixed by pid); no interleaved progress bars."""
+    os.environ["FERLAB_PROGRESS"] = "0"
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def run_ray(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ def train_one_epoch(
         leave=False,
         unit="batch",
         mininterval=1.0,
-        disable=not log.isEnabledFor(logging.INFO),
+        disable=not log.isEnabledFor(logging.INFO) or os.environ.get("FERLAB_PROGRESS") == "0",
     )
     for step in bar:
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
