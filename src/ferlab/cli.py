@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Facial expression recognition: train, evaluate, experiment, predict.",
+    help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -277,6 +277,48 @@ def export(
         console.print("wrote " + ", ".join(map(str, export_safetensors(clf, out, extra=extra))))
     else:
         raise ValueError(f"unknown format {format!r}; expected onnx or safetensors")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Checkpoint, export, .onnx or name [default: shipped]")
+    ] = None,
+    runtime: Annotated[str, typer.Option(help="torch or onnx (exports on the fly)")] = "torch",
+    detector: Annotated[str, typer.Option(help="Default face detector")] = "haar",
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes, each with its model")] = 1,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Wait for concurrent faces to batch; 0 = off")
+    ] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Faces per model call, at most")] = 64,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest image accepted (MB)")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504")] = 30.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="FERLAB_API_KEY", help="Require this key on /v1/ (X-API-Key)"),
+    ] = None,
+) -> None:
+    """HTTP service and web page: POST /v1/predict, GET / (photo and webcam), /docs, /metrics."""
+    from .serve import serve as run_server
+
+    console.print(f"serving on http://{host}:{port}/ (API docs at /docs)")
+    run_server(
+        host=host,
+        port=port,
+        workers=workers,
+        model=model,
+        runtime=runtime,
+        detector=detector,
+        batch_wait_ms=batch_wait_ms,
+        max_batch=max_batch,
+        max_upload_mb=max_upload_mb,
+        timeout_s=timeout,
+        api_key=api_key,
+    )
 
 
 @app.command()

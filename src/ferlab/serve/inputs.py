@@ -1,0 +1,202 @@
+"""Reading requests: uploads and base64 JSON decoded in memory, with size and pixel limits.
+
+Nothing from a request is ever written to disk or used as a path: the upload's file name is
+only echoed back as a label.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from ..data import EMOTIONS
+
+# formats a browser or camera produces (JPEG covers MPO), never EPS (Ghostscript) or other
+# exotic decoders; init() registers them all, and the list keeps those this Pillow has
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _InMemoryParser(MultiPartParser):
+    # Starlette spools uploads over 1 MB to a temporary file; the request size is already
+    # bounded by the caller, so keep every upload in memory and write nothing to disk.
+    spool_max_size = 2**62
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` from encoded image bytes, honouring EXIF orientation.
+
+    Raises ApiError: 413 over ``max_bytes`` or ``max_pixels``, 415 not an image format ferlab
+    reads, 422 an image that is empty, truncated or corrupt.
+    """
+    if len(data) > max_bytes:
+        raise ApiError(413, f"image is {len(data)} bytes, over the limit of {max_bytes}")
+    if not data:
+        raise ApiError(422, "the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        kinds = ", ".join(f.lower() for f in FORMATS)
+        raise ApiError(415, f"not a supported image; send one of: {kinds}") from None
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, f"image has too many pixels ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ApiError(422, f"corrupt {_kind(data)} image ({e})") from None
+    with im:
+        if im.width * im.height > max_pixels:
+            raise ApiError(
+                413,
+                f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}",
+            )
+        try:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ApiError(422, f"corrupt {im.format} image ({e})") from None
+
+
+def _kind(data: bytes) -> str:
+    return "JPEG" if data[:2] == b"\xff\xd8" else "PNG" if data[:4] == b"\x89PNG" else "the"
+
+
+def decode_base64(text: Any) -> bytes:
+    """Bytes of a base64 string, plain or a ``data:image/...;base64,`` URL."""
+    if not isinstance(text, str):
+        raise ApiError(422, "images must be base64 strings")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "image is not valid base64") from None
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes")
+        yield chunk
+
+
+@dataclass
+class Upload:
+    images: list[tuple[str | None, bytes]]  # (file name or None, encoded bytes)
+    fields: dict[str, Any]  # options sent with the images (form fields, JSON keys)
+
+
+async def read_upload(request: Request, batch: bool, limit: int, max_images: int) -> Upload:
+    """The images of a multipart (``file``/``files``) or JSON (``image``/``images``) request."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {declared} bytes, over the limit of {limit}")
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        upload = await _read_multipart(request, batch, limit, max_images)
+    elif ctype.startswith("application/json"):
+        upload = await _read_json(request, batch, limit)
+    else:
+        raise ApiError(
+            415,
+            "send multipart/form-data with a 'file' field (batch: 'files') or application/json "
+            'with {"image": "<base64>"} (batch: {"images": [...]})',
+        )
+    if not upload.images:
+        field = ("files' or 'images" if batch else "file' or 'image") + "'"
+        raise ApiError(422, f"no image in the request: expected '{field}")
+    if len(upload.images) > (max_images if batch else 1):
+        raise ApiError(413, f"{len(upload.images)} images, over the limit of {max_images}")
+    return upload
+
+
+async def _read_multipart(request: Request, batch: bool, limit: int, max_images: int) -> Upload:
+    parser = _InMemoryParser(
+        request.headers, _limited(request, limit), max_files=max_images, max_fields=20
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"malformed multipart body: {e.message}") from None
+    images, fields = [], {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key in ("file", "files"):
+                images.append((value.filename, await value.read()))
+            await value.close()
+        else:
+            fields[key] = value
+    return Upload(images, fields)
+
+
+async def _read_json(request: Request, batch: bool, limit: int) -> Upload:
+    body = b"".join([chunk async for chunk in _limited(request, limit)])
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ApiError(422, 'the JSON body must be an object such as {"image": "<base64>"}')
+    items = (doc.pop("images", None) or []) if batch else [doc.pop("image", None)]
+    if not isinstance(items, list):
+        raise ApiError(422, '"images" must be a list of base64 strings')
+    return Upload([(None, decode_base64(s)) for s in items if s is not None], doc)
+
+
+@dataclass(frozen=True)
+class Options:
+    detector: str
+    top_k: int  # 0: no "top" list
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ApiError(422, f"{name} must be true or false, got {value!r}")
+
+
+def parse_options(values: Mapping[str, Any], default: str, available: list[str]) -> Options:
+    """Validate ``detector``, ``no_detect`` and ``top_k`` from query parameters or the body."""
+    detector = str(values.get("detector") or default)
+    if _as_bool(values.get("no_detect", False), "no_detect"):
+        detector = "none"
+    if detector not in available:
+        raise ApiError(
+            422, f"detector {detector!r} is unknown or not installed; available: {available}"
+        )
+    top = values.get("top_k") or 0
+    try:
+        top_k = int(top)
+    except (TypeError, ValueError):
+        raise ApiError(422, f"top_k must be an integer 0..{len(EMOTIONS)}, got {top!r}") from None
+    if not 0 <= top_k <= len(EMOTIONS):
+        raise ApiError(422, f"top_k must be 0..{len(EMOTIONS)}, got {top_k}")
+    return Options(detector, top_k)

@@ -1,0 +1,171 @@
+"""The web page in a real headless Chromium: a photo upload, and the webcam from a fake camera.
+
+The server is the real one (uvicorn on 127.0.0.1, a free port) with the tiny model; Chromium
+is Debian's (``apt-get install chromium``) driven by Playwright for Python. The webcam is a Y4M
+video of real face frames that Chromium plays as its fake camera.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferlab import EMOTIONS
+from ferlab.annotate import COLORS
+from ferlab.predict import iou
+from ferlab.serve import create_app
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip(
+        "no chromium binary on PATH (Debian: apt-get install chromium)", allow_module_level=True
+    )
+
+HAAR_FACE = (177, 66, 95, 95)  # where Haar finds the astronaut's face
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    """A Y4M video (a text header, then raw I420 frames) from RGB frames of even size."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            f.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    """The app served by uvicorn in a background thread; yields its URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(tiny_model), host="127.0.0.1", port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, astronaut):
+    """Headless Chromium with a fresh profile and a fake camera showing the astronaut."""
+    tmp = tmp_path_factory.mktemp("chromium")
+    # 20 frames of a 320x240 window panning across her face: a real face, moving a little
+    frames = [np.ascontiguousarray(astronaut[10:250, 60 + 2 * i : 380 + 2 * i]) for i in range(20)]
+    video = write_y4m(tmp / "camera.y4m", frames)
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+    ]
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=args,
+            accept_downloads=True,
+            viewport={"width": 1200, "height": 900},
+        )
+        yield context
+        context.close()
+
+
+def open_page(browser, server):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server)
+    page.wait_for_function("document.querySelector('#model-name').textContent.includes('vggnet_s')")
+    return page, errors
+
+
+def pixel(page, canvas: str, x: float, y: float) -> list[int]:
+    js = "([id, x, y]) => Array.from(document.getElementById(id).getContext('2d')"
+    js += ".getImageData(x, y, 1, 1).data.slice(0, 3))"
+    return page.evaluate(js, [canvas, x, y])
+
+
+def test_photo_upload_shows_box_label_and_bars(browser, server, astronaut, tmp_path):
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(astronaut).save(photo, quality=92)
+    page, errors = open_page(browser, server)
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("body[data-state=done]", timeout=20_000)
+    faces = page.locator("#faces li")
+    assert faces.count() == 1
+    label = faces.first.get_attribute("data-label")
+    assert label in EMOTIONS
+    box = [int(v) for v in (faces.first.get_attribute("data-box") or "").split(",")]
+    assert iou(tuple(box), HAAR_FACE) > 0.8  # type: ignore[arg-type]
+    assert page.locator("#photo-canvas").get_attribute("data-boxes") == "1"
+    # the box is drawn on the canvas in the colour of the top emotion
+    x, y, _, h = box
+    assert pixel(page, "photo-canvas", x, y + h * 0.6) == list(COLORS[label])
+    # a bar per emotion whose widths are the probabilities
+    bars = faces.first.locator(".bar")
+    assert [bars.nth(i).get_attribute("data-emotion") for i in range(7)] == list(EMOTIONS)
+    widths = page.eval_on_selector_all(
+        "#faces li .fill", "els => els.map(e => parseFloat(e.style.width))"
+    )
+    assert sum(widths) == pytest.approx(100, abs=0.5)
+    assert "1 face found" in page.inner_text("#status")
+    page.screenshot(path=str(tmp_path / "photo.png"), full_page=True)
+    assert errors == []
+    page.close()
+
+
+def test_webcam_draws_live_boxes_chart_and_csv(browser, server, tmp_path):
+    page, errors = open_page(browser, server)
+    page.click("#mode-webcam")
+    page.click("#webcam-start")
+    page.wait_for_function(
+        "Number(document.querySelector('#timeline-count').textContent) >= 4", timeout=30_000
+    )
+    assert int(page.locator("#overlay").get_attribute("data-boxes") or 0) >= 1
+    assert page.locator("#faces li").count() >= 1
+    assert int(page.locator("#timeline").get_attribute("data-points") or 0) >= 4
+    page.screenshot(path=str(tmp_path / "webcam.png"), full_page=True)
+    page.click("#webcam-stop")
+    with page.expect_download() as download:
+        page.click("#download-csv")
+    assert download.value.suggested_filename == "ferlab-timeline.csv"
+    rows = list(csv.reader(Path(download.value.path()).read_text().splitlines()))
+    assert rows[0] == ["time_s", *EMOTIONS]
+    values = np.array(rows[1:], dtype=float)
+    assert len(values) >= 4 and np.all(np.diff(values[:, 0]) > 0)
+    np.testing.assert_allclose(values[:, 1:].sum(1), 1, atol=2e-3)
+    assert errors == []
+    page.close()
