@@ -65,13 +65,24 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS.glob("*.json"))
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu"):
+def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str = "torch"):
     """Load a model as an object with ``predict_proba(faces) -> (N, 7)``.
 
     ``path``: None or "default" for the model shipped with ferlab, another shipped name
     (:func:`shipped_models`), a training checkpoint (``.pt`` or run directory), an exported
     ``.onnx`` file, or a ``.json``/``.safetensors`` pair written by ``ferlab export``.
+    ``runtime="onnx"`` exports a PyTorch model on the fly and runs it on ONNX Runtime (an
+    ``.onnx`` file always runs there).
     """
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
+    if runtime == "onnx" and not str(path).endswith(".onnx"):
+        import tempfile
+
+        from .export import export_onnx, load_onnx
+
+        onnx_path = Path(tempfile.mkdtemp(prefix="ferlab-")) / "model.onnx"
+        return load_onnx(export_onnx(load_model(path, device), onnx_path))
     if path is None:
         path = "default"
     if isinstance(path, str) and path in shipped_models():

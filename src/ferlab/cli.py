@@ -193,17 +193,7 @@ def predict(
 def _load(model: str | None, runtime: str):
     from .classifier import load_model
 
-    if runtime not in ("torch", "onnx"):
-        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
-    clf = load_model(model)
-    if runtime == "onnx" and not str(model).endswith(".onnx"):
-        import tempfile
-
-        from .export import export_onnx, load_onnx
-
-        path = Path(tempfile.mkdtemp(prefix="ferlab-")) / "model.onnx"
-        return load_onnx(export_onnx(clf, path))
-    return clf
+    return load_model(model, runtime=runtime)
 
 
 def _progress(stream, total: int | None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,19 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def load_for_serving(model: str | Path | None = None, runtime: str = "torch") -> ProbaModel:
-    """``load_model(model)``; with ``runtime="onnx"`` exported on the fly and run by ONNX
-    Runtime (an ``.onnx`` file is always run by ONNX Runtime)."""
+    """``load_model(model, runtime=runtime)``: PyTorch, or ONNX Runtime."""
     from ..classifier import load_model
 
-    if runtime not in ("torch", "onnx"):
-        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
-    clf = load_model(model)
-    if runtime == "onnx" and not str(model).endswith(".onnx"):
-        from ..export import export_onnx, load_onnx
-
-        path = Path(tempfile.mkdtemp(prefix="ferlab-serve-")) / "model.onnx"
-        return load_onnx(export_onnx(clf, path))
-    return clf
+    return load_model(model, runtime=runtime)
 
 
 @functools.cache
