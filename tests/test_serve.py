@@ -362,20 +362,37 @@ class SlowModel:
         return self.model.predict_proba(faces, batch_size, tta)
 
 
+class BlockedModel(SlowModel):
+    """The tiny model, held inside predict_proba until the test releases it."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def predict_proba(self, faces, batch_size=256, tta="none"):
+        self.entered.set()
+        self.release.wait(30)
+        return self.model.predict_proba(faces, batch_size, tta)
+
+
 def test_timeout_504_while_health_still_answers(tiny_model, photos):
-    app = create_app(SlowModel(tiny_model, delay=1.0), timeout_s=0.3, batch_wait_ms=0)
+    model = BlockedModel(tiny_model)
+    # the timeout must leave time to decode the crop and reach the (blocked) model
+    app = create_app(model, timeout_s=3.0, batch_wait_ms=0)
     with TestClient(app) as c:
         done = {}
         thread = threading.Thread(
-            target=lambda: done.update(r=post(c, "f.png", photos["face.png"]))
+            target=lambda: done.update(r=post(c, "f.png", photos["face.png"], no_detect=True))
         )
         thread.start()
-        time.sleep(0.1)
-        t0 = time.perf_counter()
-        assert c.get("/healthz").status_code == 200  # the model runs off the event loop
-        assert time.perf_counter() - t0 < 0.5
-        thread.join()
-        assert "timeout" in error(done["r"], 504)
+        try:
+            assert model.entered.wait(30)
+            # the model is still blocked: the event loop answers, so it runs elsewhere
+            assert c.get("/healthz").status_code == 200 and not model.release.is_set()
+            thread.join(30)
+            assert "timeout" in error(done["r"], 504)
+        finally:
+            model.release.set()
 
 
 def test_model_crash_is_a_json_500(tiny_model, photos):
