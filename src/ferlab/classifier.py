@@ -26,7 +26,8 @@ class Classifier:
         device: str = "cpu",
     ):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # channels_last: 1.5x faster convolutions on CPU (benchmarks/infer_speed.py)
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.preprocess = preprocess
         self.classes = tuple(classes)
         self.name = name
@@ -48,7 +49,9 @@ class Classifier:
         chunk = 8192
         for i in range(0, len(faces), chunk):
             x = torch.from_numpy(np.ascontiguousarray(faces[i : i + chunk]))
-            logits = predict_logits(self.model, x, self.preprocess, self.device, batch_size, tta)
+            logits = predict_logits(
+                self.model, x, self.preprocess, self.device, batch_size, tta, channels_last=True
+            )
             out[i : i + chunk] = torch.softmax(logits, 1).numpy()
         return out
 

@@ -188,18 +188,17 @@ def evaluate_split(
     tta: str = "none",
     seed: int = 0,
 ) -> Metrics:
-    """Evaluate a :class:`~ferlab.classifier.Classifier` on one split of a dataset."""
+    """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset."""
     from .data import load_dataset, split_dataset
 
     key = SPLIT_ALIASES.get(split, split)
     if key not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
     part = split_dataset(load_dataset(data_path), split_mode, seed)[key]
-    logits = predict_logits(
-        classifier.model,
-        torch.from_numpy(part.images),
-        classifier.preprocess,
-        classifier.device,
-        tta=tta,
-    )
-    return evaluate_logits(logits, torch.from_numpy(part.labels))
+    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
+
+
+def evaluate_probs(probs: np.ndarray, labels: np.ndarray) -> Metrics:
+    """Metrics from probabilities of any model (PyTorch or ONNX Runtime)."""
+    log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1)))
+    return evaluate_logits(log_probs, torch.from_numpy(labels))

@@ -129,7 +129,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     import torch
 
     from .classifier import load_model
-    from .evaluate import evaluate_logits, predict_logits
+    from .evaluate import evaluate_probs
     from .train import load_splits, train
 
     if threads:
@@ -144,7 +144,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
         clf = load_model(run_dir / "best.pt")
         data = load_splits(cfg, with_test=True)
         x, y = data[f"{report_split}_x"], data[f"{report_split}_y"]
-        metrics = evaluate_logits(predict_logits(clf.model, x, clf.preprocess), y)
+        metrics = evaluate_probs(clf.predict_proba(x.numpy()), y.numpy())
         result = {
             "variant": run_dir.parent.name,
             "seed": cfg.seed,
