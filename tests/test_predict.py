@@ -181,3 +181,44 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
     r = run(str(photo_dir / "astronaut.jpg"), "--model", str(weights), "--runtime", "onnx")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)[0]["faces"]) == 1
+
+
+def test_cli_video_every_format(tmp_path, astronaut, tiny_model):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+    from ferlab.export import export_safetensors
+
+    weights, _ = export_safetensors(tiny_model, tmp_path / "tiny")
+    video = write_video(tmp_path / "clip.mp4", astronaut, n=6)
+    runner = CliRunner()
+    for fmt in ("json", "csv", "md"):
+        r = runner.invoke(
+            app, ["predict", str(video), "--model", str(weights), "--every", "2", "--format", fmt]
+        )
+        assert r.exit_code == 0, r.output
+        if fmt == "csv":
+            rows = list(csv.DictReader(io.StringIO(r.stdout)))
+            assert [row["frame"] for row in rows] == ["0", "2", "4"]
+        elif fmt == "json":
+            assert [d["frame"] for d in json.loads(r.stdout)] == [0, 2, 4]
+        else:
+            assert "- images or frames: 3" in r.stdout and "- faces: 3" in r.stdout
+    r = runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            "--model",
+            str(weights),
+            "--smooth",
+            "0.5",
+            "--out",
+            str(tmp_path / "v"),
+            "--format",
+            "csv,json,md",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    for name in ("clip_annotated.mp4", "clip_timeline.png", "predictions.csv", "predictions.md"):
+        assert (tmp_path / "v" / name).is_file(), name
