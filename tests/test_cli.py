@@ -139,3 +139,8 @@ def test_unknown_override_exits_2(tiny_csv):
 def test_missing_checkpoint_exits_2(tmp_path):
     r = run_ferlab("evaluate", str(tmp_path / "none.pt"))
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_resume_refuses_recipe_flags(tmp_path):
+    r = run_ferlab("train", "--resume", str(tmp_path / "run"), "--epochs", "40")
+    assert r.returncode == 2 and "drop ['epochs']" in r.stderr

@@ -222,3 +222,16 @@ def test_cli_video_every_format(tmp_path, astronaut, tiny_model):
     assert r.exit_code == 0, r.output
     for name in ("clip_annotated.mp4", "clip_timeline.png", "predictions.csv", "predictions.md"):
         assert (tmp_path / "v" / name).is_file(), name
+
+
+def test_failed_run_leaves_no_partial_video(tiny_model, tmp_path, astronaut):
+    video = write_video(tmp_path / "clip.mp4", astronaut, n=4)
+
+    def broken():
+        yield from Predictor(tiny_model)(video)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_predictions(broken(), tmp_path / "out")
+    assert list((tmp_path / "out").glob("*.mp4")) == []
+    assert list((tmp_path / "out").glob(".*")) == []

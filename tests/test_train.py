@@ -163,3 +163,18 @@ def test_config_yaml_and_overrides(tmp_path):
     assert parse_override("model_kwargs={hidden: 256}") == ("model_kwargs", {"hidden": 256})
     with pytest.raises(ValueError, match="unknown config key 'bogus'"):
         parse_override("bogus=1")
+
+
+@pytest.mark.parametrize("warmup, peak", [(0.25, 9), (2, 7)])
+def test_onecycle_warmup_fraction_or_epochs(warmup, peak):
+    from ferlab.optim import create_optimizer, create_scheduler
+
+    cfg = TrainConfig(optimizer="sgd", scheduler="onecycle", epochs=10, warmup_epochs=warmup)
+    opt = create_optimizer(cfg, torch.nn.Linear(2, 2))
+    sched = create_scheduler(cfg, opt, steps_per_epoch=4)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(range(40), key=lrs.__getitem__) == peak  # 25% of 40 steps, or 2 epochs of 4

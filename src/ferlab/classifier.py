@@ -13,6 +13,16 @@ from .data import EMOTIONS
 from .evaluate import predict_logits
 
 
+def check_faces(faces: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, 48, 48)`` faces (one ``(48, 48)`` face is promoted), else ValueError."""
+    faces = np.asarray(faces)
+    if faces.ndim == 2:
+        faces = faces[None]
+    if faces.ndim != 3 or faces.shape[1:] != (48, 48) or faces.dtype != np.uint8:
+        raise ValueError(f"faces must be uint8 (N, 48, 48), got {faces.dtype} {tuple(faces.shape)}")
+    return faces
+
+
 class Classifier:
     """Classifies 48x48 grayscale faces with the preprocessing the model was trained with."""
 
@@ -37,13 +47,7 @@ class Classifier:
         self, faces: np.ndarray, batch_size: int = 256, tta: str = "none"
     ) -> np.ndarray:
         """float32 ``(N, 7)`` probabilities in EMOTIONS order for uint8 faces ``(N, 48, 48)``."""
-        faces = np.asarray(faces)
-        if faces.ndim == 2:
-            faces = faces[None]
-        if faces.ndim != 3 or faces.shape[1:] != (48, 48) or faces.dtype != np.uint8:
-            raise ValueError(
-                f"faces must be uint8 (N, 48, 48), got {faces.dtype} {tuple(faces.shape)}"
-            )
+        faces = check_faces(faces)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         # convert chunk by chunk so N = 100,000 never builds one huge float tensor
         chunk = 8192
@@ -84,8 +88,9 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
 
         from .export import export_onnx, load_onnx
 
-        onnx_path = Path(tempfile.mkdtemp(prefix="ferlab-")) / "model.onnx"
-        return load_onnx(export_onnx(load_model(path, device), onnx_path))
+        # the session holds the graph in memory: the file can go once it is loaded
+        with tempfile.TemporaryDirectory(prefix="ferlab-") as tmp:
+            return load_onnx(export_onnx(load_model(path, device), Path(tmp) / "model.onnx"))
     if path is None:
         path = "default"
     if isinstance(path, str) and path in shipped_models():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -89,6 +90,20 @@ def train(
     from .train import train as run_training
 
     if resume is not None:
+        recipe = {
+            "config": config,
+            "data": data,
+            "model": model,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "name": name,
+            "out": out,
+            "seed": seed,
+        }
+        given = sorted(k for k, v in recipe.items() if v is not None)
+        if given:
+            raise ValueError(f"--resume continues a run with its own recipe; drop {given}")
         runtime = dict(parse_override(s) for s in set_ or [])
         if device is not None:
             runtime["device"] = device
@@ -246,9 +261,9 @@ def export(
         str | None, typer.Argument(help="Checkpoint or run dir [default: shipped]")
     ] = None,
     format: Annotated[str, typer.Option(help="onnx or safetensors")] = "onnx",
-    out: Annotated[Path, typer.Option(help="Output file (.onnx) or stem (safetensors)")] = Path(
-        "model.onnx"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="File (.onnx) or stem (safetensors) [default: model]")
+    ] = None,
     info: Annotated[
         Path | None, typer.Option(help="YAML/JSON of extra facts (safetensors)")
     ] = None,
@@ -259,12 +274,15 @@ def export(
 
     clf = load_model(model)
     if format == "onnx":
-        console.print(f"wrote {export_onnx(clf, out)}")
+        console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
     elif format == "safetensors":
         import yaml
 
         extra = yaml.safe_load(info.read_text()) if info else None
-        console.print("wrote " + ", ".join(map(str, export_safetensors(clf, out, extra=extra))))
+        console.print(
+            "wrote "
+            + ", ".join(map(str, export_safetensors(clf, out or Path("model"), extra=extra)))
+        )
     else:
         raise ValueError(f"unknown format {format!r}; expected onnx or safetensors")
 
@@ -370,6 +388,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         app()
-    except (DataError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (DataError, ValueError, OSError, ImportError, RuntimeError, yaml.YAMLError) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

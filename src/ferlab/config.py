@@ -46,7 +46,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 7  # epochs without val-loss improvement before lr *= factor
     min_lr: float = 1e-7
-    warmup_epochs: float = 0.3  # onecycle only: fraction of epochs spent warming up if < 1
+    warmup_epochs: float = 0.3  # onecycle only: warm-up as a fraction of training (< 1) or epochs
     early_stopping: int = 15  # epochs without improvement of `monitor`; 0 = off
     monitor: str = "val_loss"  # val_loss or val_acc: picks best.pt and drives early stopping
     loss: str = "ce"  # ce (categorical cross-entropy) or focal

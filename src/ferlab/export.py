@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classifier import Classifier
+from .classifier import Classifier, check_faces
 from .data import atomic_write_bytes
 from .models import create_model
 from .transforms import scale
@@ -115,15 +115,6 @@ def export_onnx(
     return path
 
 
-def _check_faces(faces: np.ndarray) -> np.ndarray:
-    faces = np.asarray(faces)  # same rules and message as Classifier.predict_proba
-    if faces.ndim == 2:
-        faces = faces[None]
-    if faces.ndim != 3 or faces.shape[1:] != (48, 48) or faces.dtype != np.uint8:
-        raise ValueError(f"faces must be uint8 (N, 48, 48), got {faces.dtype} {tuple(faces.shape)}")
-    return faces
-
-
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(1, keepdims=True)
     return x - np.log(np.exp(x).sum(1, keepdims=True))
@@ -169,7 +160,7 @@ class OnnxClassifier:
         ``tta="flip"`` averages the log-probabilities of each face and its mirror, then takes
         the softmax: the same numbers as ``Classifier.predict_proba(..., tta="flip")``.
         """
-        faces = _check_faces(faces)
+        faces = check_faces(faces)
         if tta not in ("none", "flip"):
             raise ValueError(f"unknown tta {tta!r}; expected 'none' or 'flip'")
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)

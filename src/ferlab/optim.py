@@ -37,7 +37,12 @@ def create_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epo
         )
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_epochs
+            opt,
+            cfg.lr,
+            total_steps=cfg.epochs * steps_per_epoch,
+            pct_start=cfg.warmup_epochs
+            if cfg.warmup_epochs < 1
+            else cfg.warmup_epochs / cfg.epochs,
         )
     if cfg.scheduler == "none":
         return None

@@ -101,15 +101,21 @@ class VideoSink:
             final.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame_rgb.shape[:2]
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+            if not writer.isOpened():
+                raise RuntimeError(f"{final}: OpenCV cannot write mp4v video here")
             self.writers[video] = (writer, tmp, final)
         self.writers[video][0].write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
 
-    def close(self) -> list[Path]:
+    def close(self, ok: bool = True) -> list[Path]:
+        """Finish every video; after a failure (``ok=False``) drop the partial files."""
         done = []
         for writer, tmp, final in self.writers.values():
             writer.release()
-            os.replace(tmp, final)
-            done.append(final)
+            if ok:
+                os.replace(tmp, final)
+                done.append(final)
+            else:
+                tmp.unlink(missing_ok=True)
         self.writers.clear()
         return done
 
@@ -149,8 +155,10 @@ def write_predictions(
                 names[stem] += 1  # same stem in two folders: keep both
                 suffix = f"_{names[stem]}" if names[stem] > 1 else ""
                 files.append(pred.save(out / "annotated" / f"{stem}{suffix}.jpg"))
-    finally:
-        files += sink.close()
+    except BaseException:
+        sink.close(ok=False)  # a half-written video never takes the final name
+        raise
+    files += sink.close()
     for fmt in formats:
         files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
     for video in sorted({r["path"] for r in records if "frame" in r}):

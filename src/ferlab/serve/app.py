@@ -87,15 +87,15 @@ def create_app(
     """
     svc = Service(
         model,
-        runtime,
-        detector,
-        batch_wait_ms,
-        max_batch,
-        max_upload_mb,
-        max_pixels,
-        max_images,
-        timeout_s,
-        detect_threads,
+        runtime=runtime,
+        detector=detector,
+        batch_wait_ms=batch_wait_ms,
+        max_batch=max_batch,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        max_images=max_images,
+        timeout_s=timeout_s,
+        detect_threads=detect_threads,
     )
 
     @asynccontextmanager

@@ -128,8 +128,13 @@ async def read_upload(request: Request, batch: bool, limit: int, max_images: int
     if not upload.images:
         field = ("files' or 'images" if batch else "file' or 'image") + "'"
         raise ApiError(422, f"no image in the request: expected '{field}")
-    if len(upload.images) > (max_images if batch else 1):
-        raise ApiError(413, f"{len(upload.images)} images, over the limit of {max_images}")
+    most = max_images if batch else 1
+    if len(upload.images) > most:
+        raise ApiError(
+            413,
+            f"{len(upload.images)} images, over the limit of {most}"
+            + ("" if batch else ": use /v1/predict/batch for several"),
+        )
     return upload
 
 
