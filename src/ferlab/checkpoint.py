@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def copy_atomic(src: str | Path, dst: str | Path) -> None:
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    atomic_write_bytes(Path(dst), Path(src).read_bytes())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,6 @@ class Trial:
     variant: str
     seed: int
     run_dir: Path
-    result: dict[str, Any] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -158,9 +157,6 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
         error = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         atomic_write_bytes(run_dir / "error.json", json.dumps(error, indent=2).encode())
         raise
-
-
-Runner = Callable[[list[tuple[TrainConfig, Trial]], str, int], None]
 
 
 def run_suite(

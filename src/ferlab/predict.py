@@ -297,10 +297,6 @@ class Predictor:
             pred.faces = faces
             yield pred
 
-    def predict_faces(self, faces: np.ndarray) -> np.ndarray:
-        """Probabilities for ready-made 48x48 uint8 face crops ``(N, 48, 48)``."""
-        return self.model.predict_proba(faces, batch_size=self.batch_size, tta=self.tta)
-
 
 def _smooth(faces: list[Face], before: list[Face], alpha: float) -> list[Face]:
     """Blend each face with the best-overlapping face of the previous kept frame."""

@@ -33,6 +33,7 @@ class TrialResult:
     run_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, str]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def per_class(self, metric: str) -> list[float]:
         return [self.metrics["per_class"][c][metric] for c in EMOTIONS]
@@ -50,7 +51,14 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
                 history = list(csv.DictReader(f))
         variant = r.get("variant") or path.parent.parent.name
         results.append(
-            TrialResult(variant, int(r.get("seed", 0)), path.parent, r["metrics"], history)
+            TrialResult(
+                variant,
+                int(r.get("seed", 0)),
+                path.parent,
+                r["metrics"],
+                history,
+                r.get("config", {}),
+            )
         )
     for path in sorted(root.rglob("error.json")):
         if not (path.parent / "result.json").is_file():
@@ -228,7 +236,18 @@ def _json(groups, failures, base) -> dict[str, Any]:
                 for m in METRICS
             },
         }
-    return json.loads(json.dumps(out, default=str).replace("NaN", "null"))
+    return _no_nan(out)
+
+
+def _no_nan(x: Any) -> Any:
+    """JSON has no NaN: undefined statistics (one run's std) become null."""
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_no_nan(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _figures(root: Path, groups: dict[str, list[TrialResult]]) -> dict[str, str]:
@@ -264,14 +283,8 @@ def _figures(root: Path, groups: dict[str, list[TrialResult]]) -> dict[str, str]
 
 def _varies(trials: list[TrialResult], key: str, groups) -> bool:
     """Does this variant's value of ``key`` differ from some other variant's?"""
-    cfg = _config(trials[0])
-    values = {json.dumps(_config(ts[0]).get(key)) for ts in groups.values()}
-    return key in cfg and len(values) > 1
-
-
-def _config(t: TrialResult) -> dict[str, Any]:
-    path = t.run_dir / "result.json"
-    return json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+    values = {json.dumps(ts[0].config.get(key)) for ts in groups.values()}
+    return key in trials[0].config and len(values) > 1
 
 
 def _html(md: str, root: Path) -> str:
