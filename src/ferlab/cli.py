@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from rich.box import SIMPLE
 from rich.console import Console
 from rich.table import Table
 
@@ -244,13 +245,14 @@ def demo(
     Image.fromarray(demo_image()).save(photo)
     predictor = Predictor(_load(model, "torch"), detector)
     records, files = write_predictions(predictor(photo), out, ["json"])
-    table = Table(title="astronaut (skimage.data.astronaut)")
-    for col in ("box", "label", *EMOTIONS):
-        table.add_column(col, justify="right")
+    table = Table(title="astronaut (skimage.data.astronaut)", box=SIMPLE)
+    for col in ("box x,y,w,h", "label", *(e[:3] for e in EMOTIONS)):
+        table.add_column(col, justify="right", no_wrap=True)
     for face in records[0]["faces"]:
         probs = face["emotions"]
         label = max(probs, key=probs.get)
-        table.add_row(str(face["box"]), label, *(f"{probs[e]:.3f}" for e in EMOTIONS))
+        box = ",".join(map(str, face["box"]))
+        table.add_row(box, label, *(f"{probs[e]:.2f}" for e in EMOTIONS))
     console.print(table)
     console.print(f"wrote {', '.join(str(f) for f in files)}")
 
