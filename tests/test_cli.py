@@ -144,3 +144,13 @@ def test_missing_checkpoint_exits_2(tmp_path):
 def test_resume_refuses_recipe_flags(tmp_path):
     r = run_ferlab("train", "--resume", str(tmp_path / "run"), "--epochs", "40")
     assert r.returncode == 2 and "drop ['epochs']" in r.stderr
+
+
+def test_demo_is_the_readme_main_job(tmp_path):
+    r = runner.invoke(cli.app, ["demo", "--out", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.stdout.splitlines() if "177,66,95,95" in line)
+    assert row.split()[1] == "happy"
+    saved = json.loads((tmp_path / "demo" / "predictions.json").read_text())
+    assert saved[0]["faces"][0]["box"] == [177, 66, 95, 95]
+    assert (tmp_path / "demo" / "annotated" / "astronaut.jpg").is_file()
