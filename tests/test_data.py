@@ -177,3 +177,21 @@ def test_stratified_subset(tmp_path):
     sub = stratified_subset(data, 0.5, seed=0)
     assert sub.counts().tolist() == [15] * 7
     np.testing.assert_array_equal(sub.images, stratified_subset(data, 0.5, seed=0).images)
+
+
+def test_image_folder_is_cached_and_invalidated(tmp_path, monkeypatch):
+    root = tmp_path / "faces"
+    path = save_image(root / "happy" / "a.png", np.full((48, 48), 10, np.uint8))
+    save_image(root / "sad" / "b.png", np.full((48, 48), 20, np.uint8))
+    first = load_dataset(root)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("a cached folder must not be decoded again")
+
+    with monkeypatch.context() as m:
+        m.setattr("ferlab.data.read_image", no_decoding)
+        np.testing.assert_array_equal(load_dataset(root).images, first.images)
+    save_image(path, np.full((48, 48), 99, np.uint8))  # new pixels, new size/mtime
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert sorted(int(im.mean()) for im in load_dataset(root).images) == [20, 99]

@@ -84,10 +84,32 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _cache_path(path: Path) -> Path:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v1"
-    return _cache_dir() / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
+def _fingerprint(files: list[Path]) -> str:
+    """Changes when any file is added, removed, resized or touched."""
+    lines = []
+    for f in files:
+        st = f.stat()
+        lines.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    return "\n".join(lines)
+
+
+def _cached(key: str, source: str, parse) -> FaceData:
+    """``parse()`` once per ``key``; later loads read the arrays from the npz cache."""
+    cache_file = _cache_dir() / f"{hashlib.sha1((key + '|v1').encode()).hexdigest()[:20]}.npz"
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                return FaceData(z["images"], z["labels"], z["usage"], source)
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring unreadable cache %s", cache_file)
+    data = parse()
+    buf = io.BytesIO()
+    np.savez(buf, images=data.images, labels=data.labels, usage=data.usage)
+    try:
+        atomic_write_bytes(cache_file, buf.getvalue())
+    except OSError as e:  # a read-only home must not stop training
+        log.warning("could not write cache %s: %s", cache_file, e)
+    return data
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -154,22 +176,9 @@ def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    cache_file = _cache_path(path) if cache else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as z:
-                return FaceData(z["images"], z["labels"], z["usage"], str(path))
-        except (OSError, ValueError, KeyError):
-            log.warning("ignoring unreadable cache %s", cache_file)
-    data = _parse_csv(path)
-    if cache_file is not None:
-        buf = io.BytesIO()
-        np.savez(buf, images=data.images, labels=data.labels, usage=data.usage)
-        try:
-            atomic_write_bytes(cache_file, buf.getvalue())
-        except OSError as e:  # a read-only home must not stop training
-            log.warning("could not write cache %s: %s", cache_file, e)
-    return data
+    if not cache:
+        return _parse_csv(path)
+    return _cached(_fingerprint([path]), str(path), lambda: _parse_csv(path))
 
 
 # ---------------------------------------------------------------- image folders
@@ -215,20 +224,32 @@ def _iter_class_dirs(root: Path, ignore_unknown: bool) -> Iterator[tuple[Path, i
 def load_image_folder(
     root: str | Path, ignore_unknown: bool = False, default_usage: str = ""
 ) -> FaceData:
-    """Load ``root/<label>/*.{jpg,jpeg,png,bmp}``; usage from FER-2013 file-name prefixes."""
+    """Load ``root/<label>/*.{jpg,jpeg,png,bmp}``; usage from FER-2013 file-name prefixes.
+
+    Decoded arrays are cached like the CSV's, keyed by every file's path, size and mtime.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
-    images, labels, usage = [], [], []
-    for d, idx in _iter_class_dirs(root, ignore_unknown):
-        for f in sorted(d.rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                images.append(read_image(f))
-                labels.append(idx)
-                usage.append(_usage_from_name(f.name, default_usage))
-    if not images:
+    files = [
+        (f, idx)
+        for d, idx in _iter_class_dirs(root, ignore_unknown)
+        for f in sorted(d.rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+    ]
+    if not files:
         raise DataError(f"{root}: no images found; expected <label>/*.jpg|jpeg|png|bmp")
-    return FaceData(np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(root))
+
+    def parse() -> FaceData:
+        return FaceData(
+            np.stack([read_image(f) for f, _ in files]),
+            np.array([idx for _, idx in files], dtype=np.int64),
+            np.array([_usage_from_name(f.name, default_usage) for f, _ in files]),
+            str(root),
+        )
+
+    key = f"{default_usage}|" + _fingerprint([f for f, _ in files])
+    return _cached(key, str(root), parse)
 
 
 def load_dataset(path: str | Path, ignore_unknown: bool = False) -> FaceData:
