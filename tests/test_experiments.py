@@ -105,6 +105,13 @@ def test_markdown_numbers_match_csv(tmp_path):
     assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == f"{mean_f1:.4f}"
 
 
+def test_trials_run_seed_major_with_per_variant_repeats(tmp_path):
+    suite = write_suite(tmp_path, "x.csv", {"a": {}, "b": {"repeats": 1}, "c": {}}, repeats=3)
+    order = [(t.variant, t.seed) for t in suite.trials()]
+    assert order == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2), ("c", 2)]
+    assert [t.seed for t in suite.trials(repeats=2, variants=["b"])] == [0, 1]
+
+
 def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch):
     suite = write_suite(
         tmp_path,
@@ -178,7 +185,8 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
             rows = list(csv.DictReader(f))
         assert len(rows) == 2  # --epochs 2 overrode the suite's 1
     assert (root / "report.md").is_file() and (root / "plots" / "curves.png").is_file()
-    assert "epochs=2" in (root / "report.md").read_text()
+    assert "at most 2 epoch(s) per trial" in (root / "report.md").read_text()
+    assert "runs per variant: a 1, b 1." in (root / "report.md").read_text()
 
 
 @pytest.mark.slow

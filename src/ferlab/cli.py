@@ -86,8 +86,14 @@ def train(
     out: Annotated[str | None, typer.Option(help="Parent folder of runs")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel processes (DDP: gloo on CPU, NCCL on GPUs)")
+    ] = 1,
 ) -> None:
-    """Train a model; writes runs/<name>/{config.yaml,metrics.csv,last.pt,best.pt,curves.png}."""
+    """Train a model; writes runs/<name>/{config.yaml,metrics.csv,last.pt,best.pt,curves.png}.
+
+    Several machines: torchrun --nnodes ... --nproc-per-node N -m ferlab train CONFIG
+    """
     from .train import train as run_training
 
     if resume is not None:
@@ -108,7 +114,7 @@ def train(
         runtime = dict(parse_override(s) for s in set_ or [])
         if device is not None:
             runtime["device"] = device
-        run_dir = run_training(TrainConfig(), resume=resume, runtime=runtime)
+        run_dir = run_training(TrainConfig(), resume=resume, runtime=runtime, nproc=nproc)
     else:
         cfg = _config(
             config,
@@ -123,7 +129,7 @@ def train(
             seed=seed,
             device=device,
         )
-        run_dir = run_training(cfg)
+        run_dir = run_training(cfg, nproc=nproc)
     console.print(f"run saved to {run_dir}")
 
 
@@ -356,11 +362,7 @@ def experiment(
         s.out = out
     chosen = [v.strip() for v in variants.split(",")] if variants else None
     run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
-    budget = f"Budget: epochs={epochs or s.base.get('epochs', 'config')}, subset={subset or 1.0}, "
-    budget += f"repeats={repeats or s.repeats}."
-    files = build_report(
-        Path(s.out) / s.name, s.baseline_name, s.name, notes=(s.notes + "\n\n" + budget).strip()
-    )
+    files = build_report(Path(s.out) / s.name, s.baseline_name, s.name, notes=s.notes)
     console.print(f"report: {files[0]}")
 
 

@@ -99,13 +99,17 @@ class Suite:
         missing = sorted(set(chosen) - set(self.variants))
         if missing:
             raise ValueError(f"unknown variant(s) {missing}; suite has {list(self.variants)}")
-        out = []
-        for v in chosen:
-            n = repeats if repeats is not None else self.variants[v].get("repeats", self.repeats)
-            out += [
-                Trial(v, seed, Path(self.out) / self.name / v / f"seed{seed}") for seed in range(n)
-            ]
-        return out
+        n = {
+            v: repeats if repeats is not None else self.variants[v].get("repeats", self.repeats)
+            for v in chosen
+        }
+        # Seed-major: a suite stopped early has every variant once before any twice.
+        return [
+            Trial(v, seed, Path(self.out) / self.name / v / f"seed{seed}")
+            for seed in range(max(n.values(), default=0))
+            for v in chosen
+            if seed < n[v]
+        ]
 
 
 @dataclass

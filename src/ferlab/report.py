@@ -128,6 +128,7 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes.strip(), ""]
+    lines += [_budget(groups), ""]
     lines += [
         "## Accuracy",
         "",
@@ -184,6 +185,20 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
         lines += ["## Failed trials", "", "| run | error |", "|---|---|"]
         lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def _budget(groups: dict[str, list[TrialResult]]) -> str:
+    """The budget as the trials' own configs record it, so it can never disagree with them."""
+    trials = [t for ts in groups.values() for t in ts]
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(t.config.get(key, "?")) for t in trials}))
+
+    runs = ", ".join(f"{v} {len(ts)}" for v, ts in groups.items())
+    return (
+        f"Budget: at most {values('epochs')} epoch(s) per trial on a stratified "
+        f"{values('subset')} of the training split; runs per variant: {runs}."
+    )
 
 
 def _csv(results: list[TrialResult]) -> str:

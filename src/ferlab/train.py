@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EMOTIONS, atomic_write_bytes, load_dataset, split_dataset, stratified_subset
@@ -68,9 +69,9 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kw
 
 
-def batch_sizes(n: int, batch_size: int) -> int:
-    # A last batch of one sample would break batch norm in train mode: drop it.
-    return n // batch_size + (1 if n % batch_size > 1 else 0)
+def batch_sizes(n: int, batch_size: int, world: int = 1) -> int:
+    # A last batch with one sample per process would break batch norm in train mode: drop it.
+    return n // batch_size + (1 if n % batch_size >= 2 * world else 0)
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Parts:
     """What one training run is made of, built from its config."""
 
     model: nn.Module
+    net: nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
+    dist: distributed.Dist
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: nn.Module
@@ -87,19 +90,30 @@ class Parts:
     kwargs: dict[str, Any]  # model kwargs
 
 
-def build_parts(cfg: TrainConfig, data: dict[str, torch.Tensor], device: torch.device) -> Parts:
+def build_parts(
+    cfg: TrainConfig,
+    data: dict[str, torch.Tensor],
+    device: torch.device,
+    d: distributed.Dist = distributed.Dist(),
+) -> Parts:
+    if cfg.batch_size % d.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {d.world} processes")
     kwargs = model_kwargs(cfg)
     model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net = distributed.wrap(model, d, device)
+    model = getattr(net, "module", net)
     optimizer = create_optimizer(cfg, model)
-    steps = batch_sizes(len(data["train_y"]), cfg.batch_size)
+    steps = batch_sizes(len(data["train_y"]), cfg.batch_size, d.world)
     loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
     augment = None
     if cfg.augment:
         augment = Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
     return Parts(
         model,
+        net,
+        d,
         optimizer,
         create_scheduler(cfg, optimizer, steps),
         loss_fn.to(device),
@@ -114,12 +128,12 @@ def train_one_epoch(
     parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device: torch.device, desc=""
 ) -> dict[str, float]:
     """One pass over the training split; returns mean loss and accuracy."""
-    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
-    model.train()
+    net, optimizer, scheduler, d = parts.net, parts.optimizer, parts.scheduler, parts.dist
+    net.train()
     x_all, y_all = data["train_x"], data["train_y"]
     n = len(y_all)
     perm = torch.randperm(n, generator=parts.generator)
-    steps = batch_sizes(n, cfg.batch_size)
+    steps = batch_sizes(n, cfg.batch_size, d.world)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -135,13 +149,15 @@ def train_one_epoch(
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = to_float(x_all[idx].to(device, non_blocking=True))
         y = y_all[idx].to(device, non_blocking=True)
-        if parts.augment is not None:
+        if parts.augment is not None:  # drawn for the global batch: every rank stays in step
             x = parts.augment(x, parts.generator)
+        if d.active:
+            x, y = x[d.rank :: d.world], y[d.rank :: d.world]
         x = scale(x, parts.spec)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(x)
+            logits = net(x)
             loss = parts.loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,7 +171,10 @@ def train_one_epoch(
         if step % 20 == 0:
             bar.set_postfix(img_s=f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f}")
     bar.close()
-    return {"train_loss": float(total_loss) / seen, "train_acc": float(correct) / seen}
+    seen_t = torch.tensor(float(seen), dtype=torch.float64, device=device)
+    totals = distributed.all_sum(torch.stack([total_loss.double(), correct.double(), seen_t]), d)
+    loss_sum, correct_sum, seen_sum = totals.tolist()
+    return {"train_loss": loss_sum / seen_sum, "train_acc": correct_sum / seen_sum}
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -179,22 +198,53 @@ RUNTIME_KEYS = ("threads", "device")  # may change on resume: they do not change
 
 
 def train(
-    cfg: TrainConfig, resume: str | Path | None = None, runtime: dict[str, Any] | None = None
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    runtime: dict[str, Any] | None = None,
+    nproc: int = 1,
 ) -> Path:
     """Train a model as ``cfg`` says and return its run directory.
 
     ``resume``: a run directory to continue from its last.pt; its saved config is used, with
-    ``runtime`` (threads, device) changed if given.
+    ``runtime`` (threads, device) changed if given. ``nproc`` > 1: data-parallel training in
+    that many local processes with the same global batch (see ``ferlab.distributed``).
     """
+    if nproc > 1:
+        if resume is None and cfg.batch_size % nproc:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {nproc} processes")
+        if resume is None and not cfg.name:  # every process must pick the same directory
+            cfg = replace(cfg, name=_run_dir(cfg).name)
+        distributed.launch(train, nproc, cfg, resume, runtime)
+        return Path(resume) if resume is not None else _run_dir(cfg)
     cfg, run_dir, ckpt = _prepare(cfg, resume, runtime)
+    device = resolve_device(cfg.device)
+    d = distributed.init(device)
+    try:
+        if d.active:
+            run_dir = distributed.broadcast(run_dir, d)  # a timestamped name is rank 0's
+            if device.type == "cuda":
+                device = torch.device("cuda", d.local_rank)
+                torch.cuda.set_device(device)
+        if cfg.threads > 0 or d.active:
+            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.local_world))
+        _fit(cfg, run_dir, ckpt, device, d)
+    finally:
+        distributed.close(d)
+    return run_dir
+
+
+def _fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    ckpt: dict[str, Any] | None,
+    device: torch.device,
+    d: distributed.Dist,
+) -> None:
     if cfg.monitor not in ("val_loss", "val_acc"):
         raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = load_splits(cfg)
-    parts = build_parts(cfg, data, device)
+    parts = build_parts(cfg, data, device, d)
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
     state: dict[str, Any] = {
@@ -207,7 +257,7 @@ def train(
     rows: list[dict[str, Any]] = []
     if ckpt is not None:
         state, rows = _restore(ckpt, parts, run_dir)
-    else:
+    elif d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
 
@@ -217,15 +267,7 @@ def train(
         t0 = time.perf_counter()
         stats = train_one_epoch(parts, data, cfg, device, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         seconds = time.perf_counter() - t0
-        logits = predict_logits(
-            parts.model,
-            data["val_x"],
-            parts.spec,
-            device,
-            cfg.eval_batch_size,
-            channels_last=cfg.channels_last,
-        )
-        val = evaluate_logits(logits, data["val_y"].cpu())
+        val = _validate(parts, data, cfg, device)
         val_loss = val.loss if val.loss is not None else math.nan
         lr = parts.optimizer.param_groups[0]["lr"]
         if isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -248,10 +290,12 @@ def train(
             epoch,
             cfg.early_stopping,
         )
-        _write_rows(run_dir / "metrics.csv", rows)
-        save_checkpoint(_checkpoint(cfg, parts, state, val.accuracy, val_loss), run_dir / "last.pt")
-        if improved:
-            copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
+        if d.main:
+            _write_rows(run_dir / "metrics.csv", rows)
+            ckpt_now = _checkpoint(cfg, parts, state, val.accuracy, val_loss)
+            save_checkpoint(ckpt_now, run_dir / "last.pt")
+            if improved:
+                copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
         log.info(
             "epoch %d/%d  lr %.3g  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
             "%.0fs (%.0f img/s)%s",
@@ -270,8 +314,24 @@ def train(
             log.info(
                 "early stopping: no %s improvement for %d epochs", cfg.monitor, cfg.early_stopping
             )
-    _save_curves(run_dir, rows)
-    return run_dir
+    if d.main:
+        _save_curves(run_dir, rows)
+
+
+def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device):
+    """Validation metrics; distributed ranks each score a slice and share the logits."""
+    d = parts.dist
+    distributed.sync_buffers(parts.model, d)  # evaluate (and save) rank 0's BN statistics
+    logits = predict_logits(
+        parts.model,
+        data["val_x"][d.rank :: d.world],
+        parts.spec,
+        device,
+        cfg.eval_batch_size,
+        channels_last=cfg.channels_last,
+    )
+    logits = distributed.gather_rows(logits.to(device), len(data["val_y"]), d)
+    return evaluate_logits(logits.cpu(), data["val_y"].cpu())
 
 
 def _prepare(
