@@ -64,6 +64,16 @@ class Classifier:
         return self.predict_proba(faces, **kw).argmax(1)
 
 
+def _on_onnx(model: Classifier):
+    import tempfile
+
+    from .export import export_onnx, load_onnx
+
+    # the session holds the graph in memory: the file can go once it is loaded
+    with tempfile.TemporaryDirectory(prefix="ferlab-") as tmp:
+        return load_onnx(export_onnx(model, Path(tmp) / "model.onnx"))
+
+
 WEIGHTS = Path(__file__).parent / "weights"
 
 
@@ -77,20 +87,19 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
 
     ``path``: None or "default" for the model shipped with ferlab, another shipped name
     (:func:`shipped_models`), a training checkpoint (``.pt`` or run directory), an exported
-    ``.onnx`` file, or a ``.json``/``.safetensors`` pair written by ``ferlab export``.
+    ``.onnx`` file, a ``.json``/``.safetensors`` pair written by ``ferlab export``, or an
+    ensemble manifest (``.json``) written by ``ferlab ensemble``.
     ``runtime="onnx"`` exports a PyTorch model on the fly and runs it on ONNX Runtime (an
     ``.onnx`` file always runs there).
     """
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
     if runtime == "onnx" and not str(path).endswith(".onnx"):
-        import tempfile
-
-        from .export import export_onnx, load_onnx
-
-        # the session holds the graph in memory: the file can go once it is loaded
-        with tempfile.TemporaryDirectory(prefix="ferlab-") as tmp:
-            return load_onnx(export_onnx(load_model(path, device), Path(tmp) / "model.onnx"))
+        model = load_model(path, device)
+        if hasattr(model, "members"):  # an ensemble: each member on ONNX Runtime
+            model.members = [_on_onnx(m) for m in model.members]
+            return model
+        return _on_onnx(model)
     if path is None:
         path = "default"
     if isinstance(path, str) and path in shipped_models():
@@ -101,7 +110,11 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
 
         return load_onnx(path)
     if path.suffix in (".json", ".safetensors"):
+        from .ensemble import is_manifest, load_ensemble
         from .export import load_safetensors_model
+
+        if is_manifest(path):
+            return load_ensemble(path, device)
 
         return load_safetensors_model(path.with_suffix(".json"))
     if not path.exists() and str(path) == "default":

@@ -171,6 +171,33 @@ def evaluate(
 
 
 @app.command()
+def ensemble(
+    members: Annotated[list[str], typer.Argument(help="Checkpoints, run dirs or exports")],
+    out: Annotated[Path, typer.Option(help="Manifest stem: writes OUT.json and OUT/")],
+    data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
+    split: Annotated[str, typer.Option(help="Held-out split to calibrate on")] = "PublicTest",
+    tta: Annotated[str, typer.Option(help="none or flip, for every member")] = "none",
+) -> None:
+    """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
+    from .classifier import load_model
+    from .ensemble import Ensemble, save_ensemble
+    from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split
+
+    if SPLIT_ALIASES.get(split, split) == "test":
+        raise ValueError(f"--split {split}: calibrate on held-out validation data, not the test")
+    part = load_split(data, split)
+    ens = Ensemble([load_model(m) for m in members], tta=tta)
+    probs = ens.fit(part.images, part.labels)
+    for m, p, t in zip(members, probs, ens.temperatures, strict=True):
+        acc = evaluate_probs(p, part.labels).accuracy
+        console.print(f"{m}: {split} accuracy {acc:.2%}, temperature {t:.3f}")
+    acc = evaluate_probs(ens.combine(probs), part.labels).accuracy
+    console.print(f"ensemble of {len(members)}: {split} accuracy {acc:.2%}")
+    extra = {"calibrated_on": split, "metrics": {split: {"accuracy": round(acc, 4)}}}
+    console.print(f"wrote {save_ensemble(ens, out, extra=extra)}")
+
+
+@app.command()
 def predict(
     sources: Annotated[list[str], typer.Argument(help="Images, folders, videos")],
     model: Annotated[

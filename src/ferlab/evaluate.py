@@ -189,13 +189,18 @@ def evaluate_split(
     seed: int = 0,
 ) -> Metrics:
     """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset."""
+    part = load_split(data_path, split, split_mode, seed)
+    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
+
+
+def load_split(data_path: str, split: str, split_mode: str = "official", seed: int = 0):
+    """The faces of one split, named as FER-2013 does (PublicTest) or generically (val)."""
     from .data import load_dataset, split_dataset
 
     key = SPLIT_ALIASES.get(split, split)
     if key not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
-    part = split_dataset(load_dataset(data_path), split_mode, seed)[key]
-    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
+    return split_dataset(load_dataset(data_path), split_mode, seed)[key]
 
 
 def evaluate_probs(probs: np.ndarray, labels: np.ndarray) -> Metrics:

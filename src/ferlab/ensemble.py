@@ -1,0 +1,142 @@
+"""Ensembles: the mean of several members' temperature-calibrated probabilities.
+
+Each member gets one temperature T, fitted on held-out faces (PublicTest) by minimising the
+negative log-likelihood of softmax(log p / T) (Guo et al., "On Calibration of Modern Neural
+Networks", 2017), so an over-confident member does not outvote better-calibrated ones.
+
+Saved as a manifest ``<stem>.json`` ({"kind": "ensemble", "members": [{"file", "temperature"}],
+"tta", ...}) and the members' safetensors exports in the folder ``<stem>/``; ``load_model``
+reads the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .classifier import check_faces
+from .data import atomic_write_bytes
+
+KIND = "ensemble"
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the NLL of ``labels`` under softmax(log(probs) / T)."""
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0))).double()
+    y = torch.from_numpy(np.asarray(labels)).long()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) > 0
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logp / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return float(log_t.detach().exp())
+
+
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(probs) / temperature), float32."""
+    z = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+class Ensemble:
+    """Members with ``predict_proba``, averaged after calibration; a Classifier look-alike."""
+
+    def __init__(
+        self,
+        members: list[Any],
+        temperatures: list[float] | None = None,
+        tta: str = "none",
+        meta: dict | None = None,
+    ):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        classes = {tuple(m.classes) for m in members}
+        if len(classes) != 1:
+            raise ValueError(f"ensemble members disagree on classes: {sorted(classes)}")
+        self.members = list(members)
+        self.temperatures = list(temperatures or [1.0] * len(members))
+        if len(self.temperatures) != len(self.members):
+            n, k = len(self.members), len(self.temperatures)
+            raise ValueError(f"{n} members but {k} temperatures")
+        self.tta = tta
+        self.classes = classes.pop()
+        self.name = KIND
+        self.meta = meta or {}
+
+    def member_probs(self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None):
+        """Each member's uncalibrated probabilities, ``(members, N, 7)``."""
+        faces = check_faces(faces)
+        t = self.tta if tta is None else tta
+        return np.stack([m.predict_proba(faces, batch_size, tta=t) for m in self.members])
+
+    def combine(self, member_probs: np.ndarray) -> np.ndarray:
+        calibrated = [calibrate(p, t) for p, t in zip(member_probs, self.temperatures, strict=True)]
+        return np.mean(calibrated, axis=0).astype(np.float32)
+
+    def predict_proba(
+        self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None
+    ) -> np.ndarray:
+        """float32 ``(N, 7)``: the mean of the members' calibrated probabilities."""
+        return self.combine(self.member_probs(faces, batch_size, tta))
+
+    def predict(self, faces: np.ndarray, **kw) -> np.ndarray:
+        return self.predict_proba(faces, **kw).argmax(1)
+
+    def fit(self, faces: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Fit every member's temperature on held-out ``faces``; returns their probabilities."""
+        probs = self.member_probs(faces, batch_size)
+        self.temperatures = [fit_temperature(p, labels) for p in probs]
+        return probs
+
+
+def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``<stem>.json`` and the members as fp16 safetensors under ``<stem>/``."""
+    from .export import _stem, export_safetensors
+
+    folder = _stem(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    members = []
+    for i, (m, t) in enumerate(zip(ensemble.members, ensemble.temperatures, strict=True)):
+        _, meta = export_safetensors(m, folder / f"member{i}")
+        members.append({"file": f"{folder.name}/{meta.name}", "temperature": t})
+    manifest = {"kind": KIND, "members": members, "tta": ensemble.tta, **(extra or {})}
+    out = folder.with_name(folder.name + ".json")
+    atomic_write_bytes(out, (json.dumps(manifest, indent=2) + "\n").encode())
+    return out
+
+
+def is_manifest(path: Path) -> bool:
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("kind") == KIND
+    except ValueError:
+        return False
+
+
+def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
+    from .export import load_safetensors_model
+
+    path = Path(path)
+    info = json.loads(path.read_text())
+    members = info.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"{path}: an ensemble manifest needs a non-empty 'members' list")
+    try:
+        models = [load_safetensors_model(path.parent / m["file"], device) for m in members]
+        temps = [float(m["temperature"]) for m in members]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: each member needs 'file' and 'temperature' ({e})") from None
+    meta = {k: v for k, v in info.items() if k not in ("kind", "members", "tta")}
+    return Ensemble(models, temps, info.get("tta", "none"), meta)

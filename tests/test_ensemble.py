@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from ferlab import load_model
+from ferlab.ensemble import Ensemble, calibrate, fit_temperature, save_ensemble
+from test_export import faces, make_classifier  # noqa: F401  (fixture and helper)
+
+
+def test_fit_temperature_recovers_the_true_one():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20000, 7))
+    true_t = 2.0
+    p_true = calibrate(np.exp(logits), true_t)  # labels drawn from softmax(logits / 2)
+    labels = (p_true.cumsum(1) > rng.random((20000, 1))).argmax(1)
+    over_confident = calibrate(np.exp(logits), 1.0)
+    assert fit_temperature(over_confident, labels) == pytest.approx(true_t, rel=0.05)
+    # calibrating the over-confident probabilities with T gives back the true ones
+    np.testing.assert_allclose(calibrate(over_confident, true_t), p_true, atol=1e-5)
+
+
+def test_ensemble_averages_calibrated_members_and_round_trips(faces, tmp_path):  # noqa: F811
+    a, b = make_classifier(faces, seed=0), make_classifier(faces, seed=1)
+    ens = Ensemble([a, b], [0.5, 2.0])
+    expected = (calibrate(a.predict_proba(faces), 0.5) + calibrate(b.predict_proba(faces), 2.0)) / 2
+    got = ens.predict_proba(faces)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1, atol=1e-5)
+
+    manifest = save_ensemble(ens, tmp_path / "weights" / "ens", extra={"note": "test"})
+    info = json.loads(manifest.read_text())
+    assert info["kind"] == "ensemble" and [m["temperature"] for m in info["members"]] == [0.5, 2.0]
+    assert (tmp_path / "weights" / "ens" / "member1.safetensors").is_file()
+    loaded = load_model(manifest)
+    assert loaded.meta["note"] == "test"
+    np.testing.assert_allclose(loaded.predict_proba(faces), got, atol=5e-3)  # fp16 members
+    onnx = load_model(manifest, runtime="onnx")
+    np.testing.assert_allclose(onnx.predict_proba(faces), loaded.predict_proba(faces), atol=1e-4)
+
+
+def test_fitting_lowers_held_out_nll(faces):  # noqa: F811
+    labels = np.random.default_rng(0).integers(0, 7, len(faces))
+    ens = Ensemble([make_classifier(faces, seed=0), make_classifier(faces, seed=1)])
+    probs = ens.fit(faces, labels)
+
+    def nll(p):
+        return -np.log(p[np.arange(len(labels)), labels]).mean()
+
+    # random labels: the best temperature flattens each member towards uniform
+    assert all(t > 1 for t in ens.temperatures)
+    for p, t in zip(probs, ens.temperatures, strict=True):
+        assert nll(calibrate(p, t)) < nll(p)
+
+
+def test_bad_manifests_fail_with_the_file_named(tmp_path):
+    bad = tmp_path / "e.json"
+    bad.write_text(json.dumps({"kind": "ensemble", "members": []}))
+    with pytest.raises(ValueError, match=r"e\.json: an ensemble manifest needs"):
+        load_model(bad)
+    bad.write_text(json.dumps({"kind": "ensemble", "members": [{"file": "x.json"}]}))
+    with pytest.raises(FileNotFoundError, match=r"x\.json: not found"):
+        load_model(bad)
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble([])
+
+
+def test_cli_builds_an_ensemble_on_publictest_only(real_csv, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ferlab import TrainConfig, train
+    from ferlab.cli import app
+
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+    runs = [
+        train(
+            TrainConfig(
+                data=str(real_csv),
+                out=str(tmp_path / "runs"),
+                name=f"m{seed}",
+                model="vggnet_s",
+                model_kwargs={"widths": [8, 16, 16, 16]},
+                epochs=1,
+                seed=seed,
+                threads=1,
+            )
+        )
+        for seed in (0, 1)
+    ]
+    args = ["ensemble", *map(str, runs), "--data", str(real_csv), "--out", str(tmp_path / "ens")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "ensemble of 2: PublicTest accuracy" in r.output
+    info = json.loads((tmp_path / "ens.json").read_text())
+    assert info["calibrated_on"] == "PublicTest" and len(info["members"]) == 2
+    probs = load_model(tmp_path / "ens.json").predict_proba(np.zeros((2, 48, 48), np.uint8))
+    assert probs.shape == (2, 7)
+    r = CliRunner().invoke(app, [*args, "--split", "PrivateTest"])
+    assert r.exit_code != 0 and "not the test" in str(r.exception or r.output)
