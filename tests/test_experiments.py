@@ -2,6 +2,7 @@ import csv
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,23 @@ def test_ray_backend_runs_two_trials(tiny_csv, tmp_path):
     assert all(t.done for t in trials)
     result = json.loads((trials[1].run_dir / "result.json").read_text())
     assert result["config"]["lr"] == 0.001 and 0 <= result["metrics"]["accuracy"] <= 1
+
+
+SUITES = Path(__file__).parent.parent / "configs" / "experiments"
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_suites_load_and_build_every_trial_config(path):
+    suite = Suite.from_yaml(path)  # validate() builds each variant's TrainConfig
+    assert suite.baseline_name == "optimal" and suite.report_split == "test"
+    for trial in suite.trials(repeats=1):
+        suite.config(trial.variant, trial.seed, epochs=2, subset=0.1)
+
+
+def test_vgg19_report_suite_holds_the_reports_experiments():
+    suite = Suite.from_yaml(SUITES / "vgg19_report.yaml")
+    assert suite.base["model"] == "vgg19" and suite.base["lr"] == 1e-4
+    assert {suite.config(v, 0).batch_size for v in suite.variants} == {2, 32, 2048}
+    assert {suite.config(v, 0).lr for v in suite.variants} == {1e-2, 1e-3, 1e-4, 1e-5}
+    assert {suite.config(v, 0).frozen_blocks for v in suite.variants} == {0, 1, 3}
+    assert suite.repeats == 5
