@@ -52,8 +52,8 @@ def test_python_dash_m_and_models():
 def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(cfg, resume=None, runtime=None):
-        seen.update(cfg=cfg, resume=resume, runtime=runtime)
+    def fake_train(cfg, resume=None, runtime=None, nproc=1):
+        seen.update(cfg=cfg, resume=resume, runtime=runtime, nproc=nproc)
         return Path("runs/x")
 
     monkeypatch.setattr(sys.modules["ferlab.train"], "train", fake_train)
@@ -72,10 +72,13 @@ def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
             "augment=false",
             "--data",
             str(tiny_csv),
+            "--nproc",
+            "2",
         ],
     )
     assert r.exit_code == 0, r.output
     cfg = seen["cfg"]
+    assert seen["nproc"] == 2
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.augment, cfg.data) == (
         "vggnet",
         3,

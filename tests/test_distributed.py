@@ -12,7 +12,7 @@ import torch
 from ferlab import TrainConfig, load_model, train
 from ferlab.distributed import Dist, gather_rows, launch
 from ferlab.evaluate import evaluate_probs
-from ferlab.train import load_splits
+from ferlab.parts import load_splits
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ import yaml
 
 from ferlab import TrainConfig, load_model, train
 from ferlab.config import parse_override
+from ferlab.parts import load_splits
 
 TINY = {"widths": [8, 16, 16, 16]}
 
@@ -53,8 +54,9 @@ def test_one_epoch_on_real_rows_writes_the_run(real_csv, tmp_path):
     assert probs.shape == (3, 7)
 
 
-def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypatch):
-    full = train(_cfg(real_csv, tmp_path, name="full", epochs=3))
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypatch, ema):
+    full = train(_cfg(real_csv, tmp_path, name="full", epochs=3, ema=ema))
     train_module = sys.modules["ferlab.train"]
     real_epoch, calls = train_module.train_one_epoch, []
 
@@ -66,17 +68,18 @@ def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(real_csv, tmp_path, name="killed", epochs=3))
+        train(_cfg(real_csv, tmp_path, name="killed", epochs=3, ema=ema))
     assert len(_rows(tmp_path / "runs" / "killed")) == 2
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     with pytest.raises(ValueError, match=r"only .*threads.* may change"):
         train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"lr": 1.0})
     resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"threads": 1})
     assert _rows(resumed) == _rows(full)
-    a = torch.load(full / "last.pt", weights_only=True)["model"]
-    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(resumed / "last.pt", weights_only=True)
+    for part in ("model", "train_model") if ema else ("model",):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
 def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
@@ -178,3 +181,51 @@ def test_onecycle_warmup_fraction_or_epochs(warmup, peak):
         opt.step()
         sched.step()
     assert max(range(40), key=lrs.__getitem__) == peak  # 25% of 40 steps, or 2 epochs of 4
+
+
+def test_ema_averages_weights_and_is_what_gets_validated_and_saved(real_csv, tmp_path):
+    from ferlab.ema import EMA
+
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # from 1.0
+    model.num_batches_tracked.fill_(7)
+    ema.update()  # warm-up decay min(0.5, 1/10) = 0.1: 0.1 * 1 + 0.9 * 3
+    assert ema.module.weight.tolist() == pytest.approx([2.8, 2.8])
+    assert int(ema.module.num_batches_tracked) == 7
+    assert model.weight.tolist() == [3.0, 3.0]  # the live model is untouched
+
+    run = train(_cfg(real_csv, tmp_path, name="ema", epochs=2, ema=0.9))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    diff = [not torch.equal(ckpt["model"][k], ckpt["train_model"][k]) for k in ckpt["model"]]
+    assert any(diff) and ckpt["ema_updates"] == 2 * 7  # 420 faces in batches of 64
+    data = load_splits(_cfg(real_csv, tmp_path))
+    probs = load_model(run / "last.pt").predict_proba(data["val_x"].numpy())
+    val_acc = float((probs.argmax(1) == data["val_y"].numpy()).mean())
+    assert f"{val_acc:.5f}" == _rows(run)[-1]["val_acc"]  # the EMA weights were validated
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, tiny_model):
+    from ferlab.export import export_safetensors
+    from ferlab.losses import distill_loss
+
+    logits = torch.randn(5, 7)
+    same = torch.softmax(logits, 1)
+    assert float(distill_loss(logits, same, 3.0)) == pytest.approx(0, abs=1e-6)
+    assert float(distill_loss(logits, torch.softmax(-logits, 1), 3.0)) > 0.1
+
+    _, teacher = export_safetensors(tiny_model, tmp_path / "teacher")
+    data = load_splits(_cfg(real_csv, tmp_path))
+    target = torch.from_numpy(tiny_model.predict_proba(data["train_x"].numpy()))
+
+    def kl_to_teacher(run):
+        p = torch.from_numpy(load_model(run / "last.pt").predict_proba(data["train_x"].numpy()))
+        return float((target * (target.log() - p.clamp_min(1e-8).log())).sum(1).mean())
+
+    kw = dict(epochs=3, lr=3e-3, augment=False)
+    labels_only = train(_cfg(real_csv, tmp_path, name="labels", **kw))
+    distilled = train(
+        _cfg(real_csv, tmp_path, name="kd", teacher=str(teacher), distill_alpha=1.0, **kw)
+    )
+    assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(labels_only)

@@ -53,6 +53,10 @@ class TrainConfig:
     focal_gamma: float = 2.0
     focal_alpha: list[float] | None = None  # per-class weights for focal loss, EMOTIONS order
     label_smoothing: float = 0.0  # ce only
+    ema: float = 0.0  # decay of a moving average of the weights, validated and saved; 0 = off
+    teacher: str = ""  # distil from this model (checkpoint, export or ensemble manifest)
+    distill_alpha: float = 0.5  # weight of the teacher's soft targets; labels get 1 - alpha
+    distill_temperature: float = 2.0  # softens teacher and student alike (Hinton et al. 2015)
     # preprocessing and augmentation
     normalize: str = "minmax"  # minmax ([0, 1]), none (raw 0..255), standardize (train mean/std)
     augment: bool = True  # master switch for the augmentations below

@@ -133,7 +133,8 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
 
     from .classifier import load_model
     from .evaluate import evaluate_probs
-    from .train import load_splits, train
+    from .parts import load_splits
+    from .train import train
 
     if threads:
         torch.set_num_threads(threads)

@@ -12,23 +12,30 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import EMOTIONS, atomic_write_bytes, load_dataset, split_dataset, stratified_subset
+from .data import atomic_write_bytes
 from .evaluate import evaluate_logits, predict_logits
-from .losses import create_loss
-from .models import create_model
-from .optim import create_optimizer, create_scheduler
-from .transforms import Augment, preprocess_spec, scale, to_float
+from .losses import distill_loss
+from .parts import (
+    Parts,
+    batch_sizes,
+    build_parts,
+    eval_model,
+    load_splits,
+    make_checkpoint,
+    resolve_device,
+    restore,
+)
+from .transforms import scale, to_float
 
 log = logging.getLogger(__name__)
 FIELDS = [
@@ -43,94 +50,13 @@ FIELDS = [
 ]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_splits(cfg: TrainConfig, with_test: bool = False) -> dict[str, torch.Tensor]:
-    """uint8 images and int64 labels as CPU tensors: train (subset applied), val, test."""
-    splits = split_dataset(load_dataset(cfg.data, cfg.ignore_unknown), cfg.split, cfg.seed)
-    splits["train"] = stratified_subset(splits["train"], cfg.subset, cfg.seed)
-    out = {}
-    for key in ("train", "val", "test") if with_test else ("train", "val"):
-        out[f"{key}_x"] = torch.from_numpy(splits[key].images)
-        out[f"{key}_y"] = torch.from_numpy(splits[key].labels)
-    return out
-
-
-def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    kw = dict(cfg.model_kwargs)
-    if cfg.pretrained or cfg.frozen_blocks:
-        if cfg.model != "vgg19":
-            raise ValueError(f"pretrained/frozen_blocks apply to vgg19, not {cfg.model!r}")
-        kw.update(pretrained=cfg.pretrained or None, frozen_blocks=cfg.frozen_blocks)
-    return kw
-
-
-def batch_sizes(n: int, batch_size: int, world: int = 1) -> int:
-    # A last batch with one sample per process would break batch norm in train mode: drop it.
-    return n // batch_size + (1 if n % batch_size >= 2 * world else 0)
-
-
-@dataclass
-class Parts:
-    """What one training run is made of, built from its config."""
-
-    model: nn.Module
-    net: nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
-    dist: distributed.Dist
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    loss_fn: nn.Module
-    augment: Augment | None
-    spec: dict  # preprocessing, saved with the model
-    generator: torch.Generator  # shuffling and augmentation; saved for exact resume
-    kwargs: dict[str, Any]  # model kwargs
-
-
-def build_parts(
-    cfg: TrainConfig,
-    data: dict[str, torch.Tensor],
-    device: torch.device,
-    d: distributed.Dist = distributed.Dist(),
-) -> Parts:
-    if cfg.batch_size % d.world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {d.world} processes")
-    kwargs = model_kwargs(cfg)
-    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    net = distributed.wrap(model, d, device)
-    model = getattr(net, "module", net)
-    optimizer = create_optimizer(cfg, model)
-    steps = batch_sizes(len(data["train_y"]), cfg.batch_size, d.world)
-    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
-    augment = None
-    if cfg.augment:
-        augment = Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
-    return Parts(
-        model,
-        net,
-        d,
-        optimizer,
-        create_scheduler(cfg, optimizer, steps),
-        loss_fn.to(device),
-        augment,
-        preprocess_spec(cfg.normalize, data["train_x"]),
-        torch.Generator().manual_seed(cfg.seed),
-        kwargs,
-    )
-
-
 def train_one_epoch(
     parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device: torch.device, desc=""
 ) -> dict[str, float]:
     """One pass over the training split; returns mean loss and accuracy."""
     net, optimizer, scheduler, d = parts.net, parts.optimizer, parts.scheduler, parts.dist
     net.train()
-    x_all, y_all = data["train_x"], data["train_y"]
+    x_all, y_all, soft_all = data["train_x"], data["train_y"], data.get("train_soft")
     n = len(y_all)
     perm = torch.randperm(n, generator=parts.generator)
     steps = batch_sizes(n, cfg.batch_size, d.world)
@@ -149,19 +75,26 @@ def train_one_epoch(
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = to_float(x_all[idx].to(device, non_blocking=True))
         y = y_all[idx].to(device, non_blocking=True)
+        soft = soft_all[idx].to(device, non_blocking=True) if soft_all is not None else None
         if parts.augment is not None:  # drawn for the global batch: every rank stays in step
             x = parts.augment(x, parts.generator)
         if d.active:
             x, y = x[d.rank :: d.world], y[d.rank :: d.world]
+            soft = soft[d.rank :: d.world] if soft is not None else None
         x = scale(x, parts.spec)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = net(x)
             loss = parts.loss_fn(logits.float(), y)
+            if soft is not None:
+                a = cfg.distill_alpha
+                loss = (1 - a) * loss + a * distill_loss(logits, soft, cfg.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if parts.ema is not None:
+            parts.ema.update()
         if scheduler is not None and cfg.scheduler in ("cosine", "onecycle"):
             scheduler.step()
         # accumulate on device: .item() per batch would be a sync point on GPU
@@ -244,6 +177,8 @@ def _fit(
         raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
     torch.manual_seed(cfg.seed)
     data = load_splits(cfg)
+    if cfg.teacher:
+        data["train_soft"] = teacher_probs(cfg.teacher, data["train_x"])
     parts = build_parts(cfg, data, device, d)
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
@@ -256,7 +191,12 @@ def _fit(
     }
     rows: list[dict[str, Any]] = []
     if ckpt is not None:
-        state, rows = _restore(ckpt, parts, run_dir)
+        state = restore(ckpt, parts)
+        # rows written after the checkpoint (killed in between) are dropped and redone
+        rows = [
+            r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1
+        ]
+        log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 2)
     elif d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
@@ -292,7 +232,7 @@ def _fit(
         )
         if d.main:
             _write_rows(run_dir / "metrics.csv", rows)
-            ckpt_now = _checkpoint(cfg, parts, state, val.accuracy, val_loss)
+            ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss)
             save_checkpoint(ckpt_now, run_dir / "last.pt")
             if improved:
                 copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
@@ -318,12 +258,25 @@ def _fit(
         _save_curves(run_dir, rows)
 
 
+def teacher_probs(teacher: str, images: torch.Tensor) -> torch.Tensor:
+    """The teacher's probabilities for the (unaugmented) training faces, computed once.
+
+    Offline distillation: the student sees augmented faces, the teacher's targets come from the
+    originals. The augmentations keep the label, and this costs one pass instead of one
+    teacher forward per batch, which on a CPU would cost more than the student's own step.
+    """
+    from .classifier import load_model
+
+    log.info("teacher %s: scoring %d training faces", teacher, len(images))
+    return torch.from_numpy(load_model(teacher).predict_proba(images.numpy()))
+
+
 def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device):
     """Validation metrics; distributed ranks each score a slice and share the logits."""
-    d = parts.dist
-    distributed.sync_buffers(parts.model, d)  # evaluate (and save) rank 0's BN statistics
+    d, model = parts.dist, eval_model(parts)
+    distributed.sync_buffers(model, d)  # evaluate (and save) rank 0's BN statistics
     logits = predict_logits(
-        parts.model,
+        model,
         data["val_x"][d.rank :: d.world],
         parts.spec,
         device,
@@ -365,43 +318,6 @@ def _advance(state: dict[str, Any], loss: float, epoch: int, patience: int) -> b
     state["epoch"] = epoch
     state["stopped"] = bool(patience and state["bad_epochs"] >= patience)
     return improved
-
-
-def _checkpoint(
-    cfg: TrainConfig, parts: Parts, state: dict[str, Any], val_acc: float, val_loss: float
-) -> dict[str, Any]:
-    """A plain dict: enough to rebuild the model without the CLI, and to resume exactly."""
-    return {
-        "model_name": cfg.model,
-        "model_kwargs": {
-            k: v for k, v in parts.kwargs.items() if k not in ("pretrained", "frozen_blocks")
-        },
-        "classes": list(EMOTIONS),
-        "preprocess": parts.spec,
-        "config": cfg.to_dict(),
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
-        "state": dict(state),
-        "metrics": {"val_acc": val_acc, "val_loss": val_loss},
-        "rng": {"torch": torch.get_rng_state(), "generator": parts.generator.get_state()},
-    }
-
-
-def _restore(
-    ckpt: dict[str, Any], parts: Parts, run_dir: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    parts.model.load_state_dict(ckpt["model"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    if parts.scheduler is not None:
-        parts.scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    parts.generator.set_state(ckpt["rng"]["generator"])
-    state = ckpt["state"]
-    # rows written after the checkpoint (killed in between) are dropped and redone
-    rows = [r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1]
-    log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 2)
-    return state, list(rows)
 
 
 def _save_curves(run_dir: Path, rows: list[dict[str, Any]]) -> None:

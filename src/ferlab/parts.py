@@ -1,0 +1,149 @@
+"""What a training run is made of (data, model, optimiser, ...), built from its config,
+and how it goes into a checkpoint and comes back out for an exact resume."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import distributed
+from .config import TrainConfig
+from .data import EMOTIONS, load_dataset, split_dataset, stratified_subset
+from .ema import EMA
+from .losses import create_loss
+from .models import create_model
+from .optim import create_optimizer, create_scheduler
+from .transforms import Augment, preprocess_spec
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_splits(cfg: TrainConfig, with_test: bool = False) -> dict[str, torch.Tensor]:
+    """uint8 images and int64 labels as CPU tensors: train (subset applied), val, test."""
+    splits = split_dataset(load_dataset(cfg.data, cfg.ignore_unknown), cfg.split, cfg.seed)
+    splits["train"] = stratified_subset(splits["train"], cfg.subset, cfg.seed)
+    out = {}
+    for key in ("train", "val", "test") if with_test else ("train", "val"):
+        out[f"{key}_x"] = torch.from_numpy(splits[key].images)
+        out[f"{key}_y"] = torch.from_numpy(splits[key].labels)
+    return out
+
+
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    kw = dict(cfg.model_kwargs)
+    if cfg.pretrained or cfg.frozen_blocks:
+        if cfg.model != "vgg19":
+            raise ValueError(f"pretrained/frozen_blocks apply to vgg19, not {cfg.model!r}")
+        kw.update(pretrained=cfg.pretrained or None, frozen_blocks=cfg.frozen_blocks)
+    return kw
+
+
+def batch_sizes(n: int, batch_size: int, world: int = 1) -> int:
+    # A last batch with one sample per process would break batch norm in train mode: drop it.
+    return n // batch_size + (1 if n % batch_size >= 2 * world else 0)
+
+
+@dataclass
+class Parts:
+    """What one training run is made of, built from its config."""
+
+    model: nn.Module
+    net: nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
+    dist: distributed.Dist
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    augment: Augment | None
+    ema: EMA | None  # when on, the averaged copy is what is validated and saved
+    spec: dict  # preprocessing, saved with the model
+    generator: torch.Generator  # shuffling and augmentation; saved for exact resume
+    kwargs: dict[str, Any]  # model kwargs
+
+
+def build_parts(
+    cfg: TrainConfig,
+    data: dict[str, torch.Tensor],
+    device: torch.device,
+    d: distributed.Dist = distributed.Dist(),
+) -> Parts:
+    if cfg.batch_size % d.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {d.world} processes")
+    kwargs = model_kwargs(cfg)
+    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net = distributed.wrap(model, d, device)
+    model = getattr(net, "module", net)
+    optimizer = create_optimizer(cfg, model)
+    steps = batch_sizes(len(data["train_y"]), cfg.batch_size, d.world)
+    loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
+    augment = None
+    if cfg.augment:
+        augment = Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
+    return Parts(
+        model,
+        net,
+        d,
+        optimizer,
+        create_scheduler(cfg, optimizer, steps),
+        loss_fn.to(device),
+        augment,
+        EMA(model, cfg.ema) if cfg.ema else None,
+        preprocess_spec(cfg.normalize, data["train_x"]),
+        torch.Generator().manual_seed(cfg.seed),
+        kwargs,
+    )
+
+
+def eval_model(parts: Parts) -> nn.Module:
+    return parts.ema.module if parts.ema is not None else parts.model
+
+
+def make_checkpoint(
+    cfg: TrainConfig, parts: Parts, state: dict[str, Any], val_acc: float, val_loss: float
+) -> dict[str, Any]:
+    """A plain dict: enough to rebuild the model without the CLI, and to resume exactly."""
+    return {
+        "model_name": cfg.model,
+        "model_kwargs": {
+            k: v for k, v in parts.kwargs.items() if k not in ("pretrained", "frozen_blocks")
+        },
+        "classes": list(EMOTIONS),
+        "preprocess": parts.spec,
+        "config": cfg.to_dict(),
+        "model": eval_model(parts).state_dict(),  # what load_model() uses
+        **(
+            {"train_model": parts.model.state_dict(), "ema_updates": parts.ema.updates}
+            if parts.ema is not None
+            else {}
+        ),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "state": dict(state),
+        "metrics": {"val_acc": val_acc, "val_loss": val_loss},
+        "rng": {"torch": torch.get_rng_state(), "generator": parts.generator.get_state()},
+    }
+
+
+def restore(ckpt: dict[str, Any], parts: Parts) -> dict[str, Any]:
+    """Load a checkpoint's weights, optimiser, scheduler and RNG states; return its state."""
+    parts.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+    if parts.ema is not None:
+        parts.ema.module.load_state_dict(ckpt["model"])
+        parts.ema.updates = ckpt["ema_updates"]
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.scheduler is not None:
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    parts.generator.set_state(ckpt["rng"]["generator"])
+    return ckpt["state"]
