@@ -188,6 +188,15 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     assert (root / "report.md").is_file() and (root / "plots" / "curves.png").is_file()
     assert "at most 2 epoch(s) per trial" in (root / "report.md").read_text()
     assert "runs per variant: a 1, b 1." in (root / "report.md").read_text()
+    # the same report, written elsewhere (e.g. docs/) with the suite's notes and baseline
+    doc = tmp_path / "doc"
+    r = CliRunner().invoke(app, ["report", str(root), "--suite", str(suite), "--out", str(doc)])
+    assert r.exit_code == 0, r.output
+    md = (doc / "report.md").read_text()
+    assert md.startswith("# cli\n") and "Baseline for comparisons: `a`" in md
+    assert (doc / "plots" / "curves.png").is_file() and "data:image/png;base64" in (
+        doc / "report.html"
+    ).read_text()
 
 
 @pytest.mark.slow

@@ -398,11 +398,21 @@ def report(
     runs: Annotated[Path, typer.Argument(help="Folder holding trial results (result.json)")],
     baseline: Annotated[str, typer.Option(help="Variant to compare against")] = "",
     title: Annotated[str, typer.Option(help="Report title")] = "",
+    suite: Annotated[
+        Path | None, typer.Option(help="Suite YAML: its name, baseline and notes")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write here [default: RUNS]")] = None,
 ) -> None:
     """Statistics, comparisons and plots over a set of runs: report.md/html, results.csv/json."""
     from .report import build_report
 
-    files = build_report(runs, baseline, title)
+    notes = ""
+    if suite is not None:
+        from .experiments import Suite
+
+        s = Suite.from_yaml(suite)
+        baseline, title, notes = baseline or s.baseline_name, title or s.name, s.notes
+    files = build_report(runs, baseline, title, notes, out)
     console.print(f"report: {files[0]}")
 
 

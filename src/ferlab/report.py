@@ -103,24 +103,30 @@ def accuracy_line(s: Summary) -> str:
 
 
 def build_report(
-    root: str | Path, baseline: str = "", title: str = "", notes: str = ""
+    root: str | Path,
+    baseline: str = "",
+    title: str = "",
+    notes: str = "",
+    out: str | Path | None = None,
 ) -> list[Path]:
-    """Write report.md, report.html, results.csv, results.json and plots under ``root``."""
+    """Write report.md, report.html, results.csv, results.json and plots/ for the trials
+    under ``root``, into ``out`` (default: ``root``)."""
     root = Path(root)
+    dest = Path(out) if out is not None else root
     results, failures = collect(root)
     if not results and not failures:
         raise ValueError(f"{root}: no result.json or error.json found; nothing to report")
     groups = group(results)
     base = baseline if baseline in groups else next(iter(groups), "")
-    figures = _figures(root, groups)
+    figures = _figures(dest, groups)
     md = _markdown(groups, failures, base, title or root.name, notes, figures)
     files = [
-        _write(root / "report.md", md),
-        _write(root / "report.html", _html(md, root)),
-        _write(root / "results.csv", _csv(results)),
-        _write(root / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
+        _write(dest / "report.md", md),
+        _write(dest / "report.html", _html(md, dest)),
+        _write(dest / "results.csv", _csv(results)),
+        _write(dest / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
     ]
-    return files + [root / f for f in figures.values()]
+    return files + [dest / f for f in figures.values()]
 
 
 def _markdown(groups, failures, base, title, notes, figures) -> str:
