@@ -4,7 +4,8 @@
 
 Each step is what ``ferlab.train`` does per batch: uint8 batch -> float, batched
 augmentation, forward, loss, backward, optimiser step. Modes: ``fp32`` (plain eager,
-contiguous: the baseline), ``fp32+cl`` (channels_last) and ``bf16+cl`` (bf16 autocast).
+contiguous: the baseline), ``fp32+cl`` (channels_last), ``bf16+cl`` (bf16 autocast) and
+``fp32+cl+compile`` (the model through ``torch.compile``; compile time is not counted).
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ import torch
 from ferlab.models import create_model
 from ferlab.transforms import Augment, to_float
 
-MODES = {"fp32": (False, False), "fp32+cl": (False, True), "bf16+cl": (True, True)}
+MODES = {  # name: (bf16 autocast, channels_last, torch.compile)
+    "fp32": (False, False, False),
+    "fp32+cl": (False, True, False),
+    "bf16+cl": (True, True, False),
+    "fp32+cl+compile": (False, True, True),
+}
 
 
 def images_per_second(name: str, mode: str, batch: int, seconds: float) -> float:
-    bf16, cl = MODES[mode]
+    bf16, cl, compiled = MODES[mode]
     torch.manual_seed(0)
     model = create_model(name).train()
     if cl:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    net = torch.compile(model) if compiled else model
     gen = torch.Generator().manual_seed(0)
     faces = torch.randint(0, 256, (batch, 48, 48), dtype=torch.uint8)
     labels = torch.randint(0, 7, (batch,))
@@ -38,12 +45,13 @@ def images_per_second(name: str, mode: str, batch: int, seconds: float) -> float
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), labels)
+            loss = torch.nn.functional.cross_entropy(net(x).float(), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    step()  # warm-up: oneDNN picks its kernels on the first call
+    step()  # warm-up: oneDNN picks its kernels, torch.compile compiles, on the first calls
+    step()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         step()
