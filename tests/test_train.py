@@ -29,7 +29,7 @@ def _cfg(data, tmp_path, **kw) -> TrainConfig:
 def _rows(run_dir):
     with open(run_dir / "metrics.csv") as f:
         return [
-            {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+            {k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "elapsed")}
             for r in csv.DictReader(f)
         ]
 
@@ -75,6 +75,10 @@ def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypa
         train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"lr": 1.0})
     resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"threads": 1})
     assert _rows(resumed) == _rows(full)
+    with open(resumed / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    elapsed = [float(r["elapsed"]) for r in rows]  # the clock continues across the resume
+    assert elapsed == sorted(elapsed) and elapsed[0] >= float(rows[0]["seconds"]) - 1
     a = torch.load(full / "last.pt", weights_only=True)
     b = torch.load(resumed / "last.pt", weights_only=True)
     for part in ("model", "train_model") if ema else ("model",):

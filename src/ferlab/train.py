@@ -47,6 +47,7 @@ FIELDS = [
     "val_acc",
     "seconds",
     "images_per_s",
+    "elapsed",  # wall seconds since the run began, validation included
 ]
 
 
@@ -118,7 +119,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    lines = [",".join(FIELDS)] + [",".join(str(r[k]) for k in FIELDS) for r in rows]
+    lines = [",".join(FIELDS)] + [",".join(str(r.get(k, "")) for k in FIELDS) for r in rows]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -201,6 +202,8 @@ def _fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
 
+    # a resumed run's clock continues from its last row; the time it was down is not counted
+    start = time.perf_counter() - float((rows[-1].get("elapsed") or 0) if rows else 0)
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["stopped"]:
             break
@@ -222,6 +225,7 @@ def _fit(
                 "val_acc": f"{val.accuracy:.5f}",
                 "seconds": f"{seconds:.1f}",
                 "images_per_s": f"{len(data['train_y']) / seconds:.1f}",
+                "elapsed": f"{time.perf_counter() - start:.0f}",
             }
         )
         improved = _advance(
