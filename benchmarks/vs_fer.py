@@ -109,7 +109,7 @@ def main() -> None:
         rows.update(run_fer(args.fer_python, faces, labels, args.seconds))
     batch = faces[:64]
     for name in args.models:
-        for runtime in args.runtimes:
+        for runtime in ["onnx"] if name.endswith(".onnx") else args.runtimes:
             clf = load_model(name, runtime=runtime)
             with torch.inference_mode():
                 probs = clf.predict_proba(faces)

@@ -267,3 +267,35 @@ def test_checkpoint_to_both_exports(ort, tmp_path: Path):
     back = load_safetensors_model(export_safetensors(clf, tmp_path / "m", fp16=False)[1])
     assert back.meta["metrics"]["val_acc"] == 0.61
     assert max_diff(back.predict_proba(faces), clf.predict_proba(faces)) < 1e-6
+
+
+def test_int8_onnx_keeps_metadata_and_mostly_the_top_class(faces, ort, tmp_path):
+    from ferlab.export import quantize_onnx
+
+    clf = make_classifier(faces)
+    float_path = export_onnx(clf, tmp_path / "f.onnx")
+    calib, held_out = faces[:200], faces[200:]
+    int8 = load_onnx(quantize_onnx(float_path, tmp_path / "q.onnx", calib))
+    assert int8.meta["quantization"].startswith("int8")
+    assert int8.preprocess == load_onnx(float_path).preprocess and int8.classes == clf.classes
+    q_ops = {n.op_type for n in __import__("onnx").load(tmp_path / "q.onnx").graph.node}
+    assert "QuantizeLinear" in q_ops and "DequantizeLinear" in q_ops
+    # faces it was not calibrated on: top class mostly kept, probabilities close
+    agree = (int8.predict(held_out) == clf.predict(held_out)).mean()
+    assert agree >= 0.9, agree
+    assert max_diff(int8.predict_proba(held_out), clf.predict_proba(held_out)) < 0.2
+
+
+def test_cli_exports_int8_calibrated_on_training_faces(ort, tiny_csv, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+    clf = make_classifier(np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8))
+    _, meta = export_safetensors(clf, tmp_path / "m", fp16=False)
+    out = tmp_path / "q.onnx"
+    args = ["export", str(meta), "--int8", "--data", str(tiny_csv), "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert load_onnx(out).meta["quantization"].startswith("int8")

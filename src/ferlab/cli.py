@@ -302,13 +302,29 @@ def export(
     info: Annotated[
         Path | None, typer.Option(help="YAML/JSON of extra facts (safetensors)")
     ] = None,
+    int8: Annotated[
+        bool, typer.Option(help="ONNX: static int8 quantisation, calibrated on training faces")
+    ] = False,
+    data: Annotated[str, typer.Option(help="Dataset for --int8 calibration")] = DEFAULT_DATA,
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
     from .classifier import load_model
     from .export import export_onnx, export_safetensors
 
     clf = load_model(model)
-    if format == "onnx":
+    if format == "onnx" and int8:
+        import tempfile
+
+        from .data import stratified_subset
+        from .evaluate import load_split
+        from .export import quantize_onnx
+
+        train = load_split(data, "Training")
+        faces = stratified_subset(train, min(1.0, 512 / len(train)), seed=0).images
+        with tempfile.TemporaryDirectory() as tmp:
+            float_path = export_onnx(clf, Path(tmp) / "float.onnx")
+            console.print(f"wrote {quantize_onnx(float_path, out or Path('model.onnx'), faces)}")
+    elif format == "onnx":
         console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
     elif format == "safetensors":
         import yaml
