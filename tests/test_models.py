@@ -92,3 +92,35 @@ def test_frozen_blocks_stay_frozen(n):
         assert torch.equal(before[key], after[key]) == (i < frozen), key
     with pytest.raises(ValueError, match=r"frozen_blocks must be in 0\.\.5"):
         create_model("vgg19", frozen_blocks=6)
+
+
+def test_imagenet_weights_download_and_cache(tmp_path, monkeypatch):
+    """The "imagenet" source for real: an HTTP server on this machine plays download.pytorch.org."""
+    import functools
+    import http.server
+    import threading
+
+    from ferlab.models import vgg
+
+    served = tmp_path / "served"
+    served.mkdir()
+    state = _torchvision_state()
+    torch.save(state, served / "vgg19-dcbb9e9d.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    url = f"http://127.0.0.1:{server.server_address[1]}/vgg19-dcbb9e9d.pth"
+    monkeypatch.setattr(vgg, "IMAGENET_URL", url)
+    try:
+        model = create_model("vgg19", pretrained="imagenet")
+    finally:
+        server.shutdown()
+        server.server_close()  # closed, not just idle: a later request must fail, not hang
+    assert torch.equal(model.state_dict()["features.0.weight"], state["features.0.weight"])
+    assert (tmp_path / "hub" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").is_file()
+    create_model("vgg19", pretrained="imagenet")  # server gone: the cached copy is used
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(OSError, match="ImageNet weights could not be downloaded from http"):
+        create_model("vgg19", pretrained="imagenet")

@@ -102,7 +102,15 @@ class VGG(nn.Module):
 def _read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if str(source) == "imagenet":
         # Needs internet on first use; cached under torch.hub's directory afterwards.
-        return torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=True, weights_only=True)
+        try:
+            return torch.hub.load_state_dict_from_url(
+                IMAGENET_URL, progress=True, weights_only=True
+            )
+        except OSError as e:  # URLError is an OSError: no network, DNS, HTTP errors
+            raise OSError(
+                f"ImageNet weights could not be downloaded from {IMAGENET_URL} ({e}); "
+                "download vgg19-dcbb9e9d.pth elsewhere and set pretrained to its path"
+            ) from None
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights not found")
