@@ -113,7 +113,7 @@ def test_trials_run_seed_major_with_per_variant_repeats(tmp_path):
     assert [t.seed for t in suite.trials(repeats=2, variants=["b"])] == [0, 1]
 
 
-def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch):
+def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch, caplog):
     suite = write_suite(
         tmp_path,
         tiny_csv,
@@ -127,8 +127,13 @@ def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch):
             },
         },
     )
-    trials = run_suite(suite)
+    with caplog.at_level("INFO", logger="ferlab.backends"):
+        trials = run_suite(suite)
     assert sum(t.done for t in trials) == 4 and sum(t.failed for t in trials) == 2
+    # the live view: counts, the running trial and, once one has finished, an ETA
+    assert "[0 done, 0 failed, 1 running, 5 left] running base/seed0" in caplog.text
+    assert re.search(r"\[1 done, 0 failed, 1 running, 4 left, suite ETA \d+ min\]", caplog.text)
+    assert "[4 done, 2 failed, 0 running, 0 left, suite ETA 0 min] finished" in caplog.text
     err = json.loads((tmp_path / "exp/tiny/broken/seed0/error.json").read_text())
     assert "no.pth: pretrained weights not found" in err["error"]
     build_report(tmp_path / "exp" / "tiny", baseline="base")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -18,29 +19,33 @@ from .experiments import Trial, run_trial, threads_per_worker
 log = logging.getLogger(__name__)
 
 
-def _status(done: int, failed: int, running: int, total: int, last: str) -> None:
+def _status(done: int, failed: int, running: int, total: int, last: str, t0: float) -> None:
+    finished = done + failed
+    # throughput so far, so parallel workers are accounted for
+    eta = (time.monotonic() - t0) / finished * (total - finished) if finished else None
     log.info(
-        "[%d done, %d failed, %d running, %d left] %s",
+        "[%d done, %d failed, %d running, %d left%s] %s",
         done,
         failed,
         running,
-        total - done - failed - running,
+        total - finished - running,
+        f", suite ETA {eta / 60:.0f} min" if eta is not None else "",
         last,
     )
 
 
 def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 1) -> None:
-    total, done, failed = len(todo), 0, 0
+    total, done, failed, t0 = len(todo), 0, 0, time.monotonic()
     if workers <= 1:
         for cfg, trial in todo:
-            _status(done, failed, 1, total, f"running {trial.variant}/seed{trial.seed}")
+            _status(done, failed, 1, total, f"running {trial.variant}/seed{trial.seed}", t0)
             try:
                 run_trial(cfg, split)
                 done += 1
             except Exception as e:
                 failed += 1
                 log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
-        _status(done, failed, 0, total, "finished")
+        _status(done, failed, 0, total, "finished", t0)
         return
     threads = threads_per_worker(workers)
     # spawn, not fork: a forked process inherits torch's thread pool in an unsafe state
@@ -68,6 +73,7 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
                     min(len(pending), workers),
                     total,
                     f"{trial.variant}/seed{trial.seed} finished",
+                    t0,
                 )
 
 
@@ -94,7 +100,7 @@ def run_ray(
         gpus = 1 if ray.available_resources().get("GPU", 0) >= 1 else 0
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_trial)
         refs = {remote.remote(cfg, split, cpus): trial for cfg, trial in todo}
-        total, done, failed = len(refs), 0, 0
+        total, done, failed, t0 = len(refs), 0, 0, time.monotonic()
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
@@ -106,7 +112,8 @@ def run_ray(
                 failed += 1
                 log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
                 _record_crash(trial, e)
-            _status(done, failed, len(pending), total, f"{trial.variant}/seed{trial.seed} finished")
+            finished = f"{trial.variant}/seed{trial.seed} finished"
+            _status(done, failed, len(pending), total, finished, t0)
     finally:
         if started:
             ray.shutdown()
