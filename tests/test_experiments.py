@@ -232,3 +232,12 @@ def test_vgg19_report_suite_holds_the_reports_experiments():
     assert {suite.config(v, 0).lr for v in suite.variants} == {1e-2, 1e-3, 1e-4, 1e-5}
     assert {suite.config(v, 0).frozen_blocks for v in suite.variants} == {0, 1, 3}
     assert suite.repeats == 5
+
+
+def test_report_lists_the_baseline_first_then_the_suite_order(tmp_path):
+    for v in ("alpha", "mid", "zeta", "extra"):
+        fake_result(tmp_path, v, 0, 0.5, 0.5)
+    build_report(tmp_path, baseline="zeta", order=["zeta", "mid", "alpha"])
+    md = (tmp_path / "report.md").read_text()
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
+    assert rows[:5] == ["variant", "zeta", "mid", "alpha", "extra"]  # the accuracy table

@@ -405,7 +405,9 @@ def experiment(
         s.out = out
     chosen = [v.strip() for v in variants.split(",")] if variants else None
     run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
-    files = build_report(Path(s.out) / s.name, s.baseline_name, s.name, notes=s.notes)
+    files = build_report(
+        Path(s.out) / s.name, s.baseline_name, s.name, notes=s.notes, order=list(s.variants)
+    )
     console.print(f"report: {files[0]}")
 
 
@@ -422,13 +424,14 @@ def report(
     """Statistics, comparisons and plots over a set of runs: report.md/html, results.csv/json."""
     from .report import build_report
 
-    notes = ""
+    notes, order = "", None
     if suite is not None:
         from .experiments import Suite
 
         s = Suite.from_yaml(suite)
         baseline, title, notes = baseline or s.baseline_name, title or s.name, s.notes
-    files = build_report(runs, baseline, title, notes, out)
+        order = list(s.variants)
+    files = build_report(runs, baseline, title, notes, out, order)
     console.print(f"report: {files[0]}")
 
 

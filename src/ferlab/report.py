@@ -108,6 +108,7 @@ def build_report(
     title: str = "",
     notes: str = "",
     out: str | Path | None = None,
+    order: list[str] | None = None,
 ) -> list[Path]:
     """Write report.md, report.html, results.csv, results.json and plots/ for the trials
     under ``root``, into ``out`` (default: ``root``)."""
@@ -118,6 +119,9 @@ def build_report(
         raise ValueError(f"{root}: no result.json or error.json found; nothing to report")
     groups = group(results)
     base = baseline if baseline in groups else next(iter(groups), "")
+    # the baseline first, then the suite's own order where given, then the rest by name
+    rank = {v: i for i, v in enumerate([base, *(order or [])])}
+    groups = dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
     figures = _figures(dest, groups)
     md = _markdown(groups, failures, base, title or root.name, notes, figures)
     files = [
