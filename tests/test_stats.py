@@ -38,3 +38,11 @@ def test_welch_by_hand():
 def test_welch_detects_a_real_difference():
     rng = np.random.default_rng(0)
     assert welch(rng.normal(0.60, 0.01, 8), rng.normal(0.70, 0.01, 8)).p < 1e-6
+
+
+def test_welch_on_constant_samples_ignores_rounding_noise():
+    v = 0.2449150181108944  # three copies average to a value one ulp away from v
+    same = welch([v] * 3, [v] * 2)
+    assert (same.diff, same.low, same.high, same.p) == (0.0, 0.0, 0.0, 1.0)
+    apart = welch([v] * 3, [0.16] * 2)
+    assert apart.p == 0.0 and apart.diff == pytest.approx(0.16 - v)

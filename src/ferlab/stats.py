@@ -51,7 +51,11 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Compar
         return Comparison(diff, math.nan, math.nan, math.nan, math.nan)
     vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = math.sqrt(vx + vy)
-    if se == 0:
+    # constant samples: means of equal floats can differ in the last bit, which a t-test
+    # would read as a (noise-sized) effect with a meaningful-looking p
+    eps = 1e-12 * max(1.0, float(np.abs(np.concatenate([x, y])).max()))
+    if se <= eps:
+        diff = 0.0 if abs(diff) <= eps else diff
         return Comparison(diff, diff, diff, 1.0 if diff == 0 else 0.0, math.inf)
     df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
     t = diff / se
