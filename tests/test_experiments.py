@@ -241,3 +241,29 @@ def test_report_lists_the_baseline_first_then_the_suite_order(tmp_path):
     md = (tmp_path / "report.md").read_text()
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
     assert rows[:5] == ["variant", "zeta", "mid", "alpha", "extra"]  # the accuracy table
+
+
+def test_val_loss_plots_compare_only_the_variable_they_name(tmp_path):
+    from ferlab.report import _only_differs_in, collect, group
+
+    base_cfg = {"lr": 1e-4, "batch_size": 32, "augment": True, "seed": 0}
+    configs = {
+        "optimal": base_cfg,
+        "lr_big": {**base_cfg, "lr": 1e-2},
+        "no_aug": {**base_cfg, "augment": False},
+    }
+    for v, cfg in configs.items():
+        fake_result(tmp_path, v, 0, 0.5, 0.5)
+        run = tmp_path / v / "seed0"
+        r = json.loads((run / "result.json").read_text())
+        (run / "result.json").write_text(json.dumps({**r, "config": cfg}))
+        (run / "metrics.csv").write_text(
+            "epoch,train_loss,val_loss,train_acc,val_acc\n1,2.0,1.9,0.2,0.2\n2,1.8,1.7,0.3,0.3\n"
+        )
+    groups = group(collect(tmp_path)[0])
+    assert _only_differs_in(groups["lr_big"], groups["optimal"], "lr")
+    assert not _only_differs_in(groups["no_aug"], groups["optimal"], "lr")
+    assert _only_differs_in(groups["optimal"], groups["optimal"], "lr")
+    files = build_report(tmp_path, baseline="optimal")
+    names = {f.name for f in files}
+    assert "val_loss_lr.png" in names and "val_loss_batch_size.png" not in names

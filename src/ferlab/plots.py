@@ -126,17 +126,35 @@ def timeline_figure(times: np.ndarray, probs: np.ndarray, title: str = "") -> Fi
     return fig
 
 
-def _band(ax, curves: list[list[float]], label: str) -> None:
+def _band(ax, curves: list[list[float]], label: str, k: int = 0) -> None:
     n = min(len(c) for c in curves)
     arr = np.array([c[:n] for c in curves])
     x = np.arange(1, n + 1)
-    (line,) = ax.plot(x, arr.mean(0), label=label)
-    ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.2, color=line.get_color())
+    from matplotlib import colormaps
+
+    # tab20 and a dash every other ten: a dozen variants stay distinguishable
+    color = colormaps["tab20"](k % 20)
+    style = "--" if (k // 10) % 2 else "-"
+    ax.plot(x, arr.mean(0), style, label=label, color=color, marker="." if n < 5 else None)
+    ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.15, color=color)
+
+
+def _epoch_axis(ax, log_if_wide: bool = False) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if log_if_wide and ax.get_lines():  # one diverging variant must not flatten the others
+        y = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.get_lines()])
+        y = y[np.isfinite(y) & (y > 0)]
+        if y.size and y.max() / y.min() > 50:
+            ax.set_yscale("log")
 
 
 def variant_curves_figure(histories: dict[str, list[list[dict]]]) -> Figure:
     """Train/val loss and accuracy per variant: mean over repeats with a min-max band."""
-    fig = _figure(figsize=(12, 8))
+    fig = _figure(figsize=(12, 8), layout="constrained")
     axes = fig.subplots(2, 2)
     for (i, j), key in zip(
         [(0, 0), (0, 1), (1, 0), (1, 1)],
@@ -144,25 +162,23 @@ def variant_curves_figure(histories: dict[str, list[list[dict]]]) -> Figure:
         strict=True,
     ):
         ax = axes[i, j]
-        for variant, runs in histories.items():
+        for k, (variant, runs) in enumerate(histories.items()):
             if runs:
-                _band(ax, [[float(r[key]) for r in rows] for rows in runs], variant)
+                _band(ax, [[float(r[key]) for r in rows] for rows in runs], variant, k)
         ax.set_title(key.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax, log_if_wide=key.endswith("loss"))
     axes[0, 0].legend(fontsize=8)
     return fig
 
 
 def val_loss_figure(histories: dict[str, list[list[dict]]], key: str) -> Figure:
     """Validation loss per epoch for variants that differ in ``key`` (batch size, lr)."""
-    fig = _figure(figsize=(7, 4))
+    fig = _figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    for variant, runs in histories.items():
-        _band(ax, [[float(r["val_loss"]) for r in rows] for rows in runs], variant)
+    for k, (variant, runs) in enumerate(histories.items()):
+        _band(ax, [[float(r["val_loss"]) for r in rows] for rows in runs], variant, k)
     ax.set_title(f"validation loss by {key}")
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
+    _epoch_axis(ax, log_if_wide=True)
     ax.legend(fontsize=8)
     return fig
 

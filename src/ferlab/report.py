@@ -122,7 +122,7 @@ def build_report(
     # the baseline first, then the suite's own order where given, then the rest by name
     rank = {v: i for i, v in enumerate([base, *(order or [])])}
     groups = dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
-    figures = _figures(dest, groups)
+    figures = _figures(dest, groups, base)
     md = _markdown(groups, failures, base, title or root.name, notes, figures)
     files = [
         _write(dest / "report.md", md),
@@ -275,7 +275,7 @@ def _no_nan(x: Any) -> Any:
     return x
 
 
-def _figures(root: Path, groups: dict[str, list[TrialResult]]) -> dict[str, str]:
+def _figures(root: Path, groups: dict[str, list[TrialResult]], base: str) -> dict[str, str]:
     from .plots import (
         f1_bars_figure,
         mean_confusion_figure,
@@ -300,16 +300,21 @@ def _figures(root: Path, groups: dict[str, list[TrialResult]]) -> dict[str, str]
         save(key, mean_confusion_figure([np.asarray(t.metrics["confusion"]) for t in ts], v))
         out[f"confusion_{v}"] = out.pop(key)
     for key in ("batch_size", "lr"):
-        chosen = {v: h for v, h in histories.items() if h and _varies(groups[v], key, groups)}
+        chosen = {
+            v: h
+            for v, h in histories.items()
+            if h and _only_differs_in(groups[v], groups[base], key)
+        }
         if len(chosen) > 1:
             save(f"val_loss_{key}", val_loss_figure(chosen, key))
     return out
 
 
-def _varies(trials: list[TrialResult], key: str, groups) -> bool:
-    """Does this variant's value of ``key`` differ from some other variant's?"""
-    values = {json.dumps(ts[0].config.get(key)) for ts in groups.values()}
-    return key in trials[0].config and len(values) > 1
+def _only_differs_in(trials: list[TrialResult], base: list[TrialResult], key: str) -> bool:
+    """Is this variant the baseline's recipe with at most ``key`` changed?"""
+    a, b = trials[0].config, base[0].config
+    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    return key in a and changed - {"seed", "out", "name"} <= {key}
 
 
 def _html(md: str, root: Path) -> str:
