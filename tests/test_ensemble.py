@@ -97,3 +97,21 @@ def test_cli_builds_an_ensemble_on_publictest_only(real_csv, tmp_path, monkeypat
     assert probs.shape == (2, 7)
     r = CliRunner().invoke(app, [*args, "--split", "PrivateTest"])
     assert r.exit_code != 0 and "not the test" in str(r.exception or r.output)
+
+
+def test_shipped_names_resolve_to_exports_ensembles_and_onnx(faces, tmp_path, monkeypatch):  # noqa: F811
+    from ferlab import classifier
+    from ferlab.export import export_onnx, export_safetensors
+
+    a, b = make_classifier(faces, seed=0), make_classifier(faces, seed=1)
+    export_safetensors(a, tmp_path / "default")
+    save_ensemble(Ensemble([a, b], [1.0, 1.5]), tmp_path / "ensemble")
+    export_onnx(b, tmp_path / "fast.onnx")
+    monkeypatch.setattr(classifier, "WEIGHTS", tmp_path)
+    assert classifier.shipped_models() == ["default", "ensemble", "fast"]
+    assert load_model().name == "vggnet_s" and hasattr(load_model("ensemble"), "members")
+    fast = load_model("fast")
+    np.testing.assert_allclose(fast.predict_proba(faces), b.predict_proba(faces), atol=1e-4)
+    assert type(load_model("fast", runtime="onnx")) is type(fast)  # already ONNX: no re-export
+    onnx_ens = load_model("ensemble", runtime="onnx")
+    assert all(type(m) is type(fast) for m in onnx_ens.members)

@@ -79,7 +79,9 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 def shipped_models() -> list[str]:
     """Names of the models inside the package (``load_model(name)``)."""
-    return sorted(p.stem for p in WEIGHTS.glob("*.json"))
+    return sorted(
+        {p.stem for p in WEIGHTS.glob("*.json")} | {p.stem for p in WEIGHTS.glob("*.onnx")}
+    )
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str = "torch"):
@@ -94,16 +96,18 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
     """
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
+    if path is None:
+        path = "default"
+    if isinstance(path, str) and path in shipped_models():
+        # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
+        json_path = WEIGHTS / f"{path}.json"
+        path = json_path if json_path.is_file() else WEIGHTS / f"{path}.onnx"
     if runtime == "onnx" and not str(path).endswith(".onnx"):
         model = load_model(path, device)
         if hasattr(model, "members"):  # an ensemble: each member on ONNX Runtime
             model.members = [_on_onnx(m) for m in model.members]
             return model
         return _on_onnx(model)
-    if path is None:
-        path = "default"
-    if isinstance(path, str) and path in shipped_models():
-        path = WEIGHTS / f"{path}.json"
     path = Path(path)
     if path.suffix == ".onnx":
         from .export import load_onnx
