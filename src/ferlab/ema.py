@@ -24,18 +24,22 @@ class EMA:
         self.updates = 0
         # state_dict tensors share storage with the modules: the lists stay valid
         pairs = zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
-        self._float: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._other: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._avg: list[torch.Tensor] = []  # floating-point: averaged
+        self._live: list[torch.Tensor] = []
+        self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # integer buffers: copied
         for e, m in pairs:
-            (self._float if e.is_floating_point() else self._other).append((e, m))
+            if e.is_floating_point():
+                self._avg.append(e)
+                self._live.append(m)
+            else:
+                self._copies.append((e, m))
 
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the model given at construction (after its step)."""
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        if self._float:
-            ema, live = zip(*self._float, strict=True)
-            torch._foreach_lerp_(list(ema), list(live), 1 - decay)
-        for e, m in self._other:
+        if self._avg:
+            torch._foreach_lerp_(self._avg, self._live, 1 - decay)
+        for e, m in self._copies:
             e.copy_(m)

@@ -43,10 +43,9 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log(probs) / temperature), float32."""
-    z = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+    from .export import _log_softmax
+
+    return np.exp(_log_softmax(np.log(np.clip(probs, 1e-12, 1.0)) / temperature)).astype(np.float32)
 
 
 class Ensemble:
