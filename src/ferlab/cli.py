@@ -180,20 +180,13 @@ def ensemble(
 ) -> None:
     """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
     from .classifier import load_model
-    from .ensemble import Ensemble, save_ensemble
-    from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split
+    from .ensemble import build_ensemble, save_ensemble
 
-    if SPLIT_ALIASES.get(split, split) == "test":
-        raise ValueError(f"--split {split}: calibrate on held-out validation data, not the test")
-    part = load_split(data, split)
-    ens = Ensemble([load_model(m) for m in members], tta=tta)
-    probs = ens.fit(part.images, part.labels)
-    for m, p, t in zip(members, probs, ens.temperatures, strict=True):
-        acc = evaluate_probs(p, part.labels).accuracy
+    ens, accuracy = build_ensemble([load_model(m) for m in members], data, split, tta)
+    for m, t, acc in zip(members, ens.temperatures, accuracy["members"], strict=True):
         console.print(f"{m}: {split} accuracy {acc:.2%}, temperature {t:.3f}")
-    acc = evaluate_probs(ens.combine(probs), part.labels).accuracy
-    console.print(f"ensemble of {len(members)}: {split} accuracy {acc:.2%}")
-    extra = {"calibrated_on": split, "metrics": {split: {"accuracy": round(acc, 4)}}}
+    console.print(f"ensemble of {len(members)}: {split} accuracy {accuracy['ensemble']:.2%}")
+    extra = {"calibrated_on": split, "metrics": {split: {"accuracy": accuracy["ensemble"]}}}
     console.print(f"wrote {save_ensemble(ens, out, extra=extra)}")
 
 
@@ -313,17 +306,9 @@ def export(
 
     clf = load_model(model)
     if format == "onnx" and int8:
-        import tempfile
+        from .export import export_int8
 
-        from .data import stratified_subset
-        from .evaluate import load_split
-        from .export import quantize_onnx
-
-        train = load_split(data, "Training")
-        faces = stratified_subset(train, min(1.0, 512 / len(train)), seed=0).images
-        with tempfile.TemporaryDirectory() as tmp:
-            float_path = export_onnx(clf, Path(tmp) / "float.onnx")
-            console.print(f"wrote {quantize_onnx(float_path, out or Path('model.onnx'), faces)}")
+        console.print(f"wrote {export_int8(clf, out or Path('model.onnx'), data)}")
     elif format == "onnx":
         console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
     elif format == "safetensors":

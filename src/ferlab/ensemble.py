@@ -99,6 +99,25 @@ class Ensemble:
         return probs
 
 
+def build_ensemble(
+    members: list[Any], data: str, split: str = "PublicTest", tta: str = "none"
+) -> tuple[Ensemble, dict[str, Any]]:
+    """An ensemble calibrated on a held-out split (never the test split), and the split's
+    accuracy of each member and of the ensemble."""
+    from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split
+
+    if SPLIT_ALIASES.get(split, split) == "test":
+        raise ValueError(f"--split {split}: calibrate on held-out validation data, not the test")
+    part = load_split(data, split)
+    ens = Ensemble(members, tta=tta)
+    probs = ens.fit(part.images, part.labels)
+    accuracy = {
+        "members": [evaluate_probs(p, part.labels).accuracy for p in probs],
+        "ensemble": round(evaluate_probs(ens.combine(probs), part.labels).accuracy, 4),
+    }
+    return ens, accuracy
+
+
 def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = None) -> Path:
     """Write ``<stem>.json`` and the members as fp16 safetensors under ``<stem>/``."""
     from .export import _stem, export_safetensors

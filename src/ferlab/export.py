@@ -181,6 +181,17 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     return path
 
 
+def export_int8(classifier: Classifier, path: str | Path, data: str, n: int = 512) -> Path:
+    """Export to ONNX, then int8, calibrated on ``n`` stratified *training* faces of ``data``."""
+    from .data import stratified_subset
+    from .evaluate import load_split
+
+    train = load_split(data, "Training")
+    faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
+    with tempfile.TemporaryDirectory() as tmp:
+        return quantize_onnx(export_onnx(classifier, Path(tmp) / "float.onnx"), path, faces)
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(1, keepdims=True)
     return x - np.log(np.exp(x).sum(1, keepdims=True))
