@@ -134,6 +134,13 @@ def test_train_then_evaluate_end_to_end(tiny_csv, tmp_path):
     assert r.returncode == 2 and "unknown split 'Test'" in r.stderr
 
 
+def test_evaluate_takes_a_shipped_name(tiny_csv):
+    r = run_ferlab("evaluate", "default", "--data", str(tiny_csv), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert sum(d["per_class"][c]["support"] for c in d["classes"]) == 14
+
+
 def test_unknown_override_exits_2(tiny_csv):
     r = run_ferlab("train", "--data", str(tiny_csv), "--set", "learning_rate=1")
     assert r.returncode == 2 and "unknown config key 'learning_rate'" in r.stderr

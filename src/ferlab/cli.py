@@ -135,7 +135,9 @@ def train(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt or run directory (best.pt)")],
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint, run dir, export, ensemble or shipped name")
+    ],
     data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
     split: Annotated[
         str, typer.Option(help="Training, PublicTest, PrivateTest; or train/val/test")
@@ -153,9 +155,9 @@ def evaluate(
     from .classifier import load_model
     from .evaluate import evaluate_split
 
-    clf = load_model(checkpoint)
+    clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
-    title = f"{checkpoint} on {split}" + (" (flip TTA)" if tta == "flip" else "")
+    title = f"{model} on {split}" + (" (flip TTA)" if tta == "flip" else "")
     formats = tuple(f.strip() for f in format.split(","))
     if out is not None:
         for path in metrics.save(out, formats, title=title):
