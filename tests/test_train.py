@@ -1,5 +1,6 @@
 import csv
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,3 +234,15 @@ def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, 
         _cfg(real_csv, tmp_path, name="kd", teacher=str(teacher), distill_alpha=1.0, **kw)
     )
     assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(labels_only)
+
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    from ferlab.models import create_model
+
+    cfg = TrainConfig.from_yaml(path)  # unknown keys and bad values raise here
+    assert cfg.epochs > 0 and cfg.lr > 0
+    create_model(cfg.model, **cfg.model_kwargs)

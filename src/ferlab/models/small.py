@@ -115,6 +115,12 @@ def vggnet_s(num_classes: int = 7, widths: tuple[int, ...] = (32, 64, 128, 256),
 
 
 @register_model
+def vggnet_t(num_classes: int = 7, widths: tuple[int, ...] = (16, 32, 64, 128), **kw) -> nn.Module:
+    """A half-width ``vggnet_s`` (about 0.3M params): the fast model's student."""
+    return VGGNet(tuple(widths), num_classes=num_classes, **kw)
+
+
+@register_model
 def resnet(num_classes: int = 7, widths: tuple[int, ...] = (32, 64, 128, 256), **kw) -> nn.Module:
     """A narrow ResNet-18 layout for 48x48 input (about 2.8M params)."""
     return ResNet(tuple(widths), num_classes=num_classes, **kw)
