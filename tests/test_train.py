@@ -222,7 +222,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, 
 
     _, teacher = export_safetensors(tiny_model, tmp_path / "teacher")
     data = load_splits(_cfg(real_csv, tmp_path))
-    target = torch.from_numpy(tiny_model.predict_proba(data["train_x"].numpy()))
+    target = torch.from_numpy(tiny_model.predict_proba(data["train_x"].numpy(), tta="flip"))
 
     def kl_to_teacher(run):
         p = torch.from_numpy(load_model(run / "last.pt").predict_proba(data["train_x"].numpy()))

@@ -268,11 +268,13 @@ def teacher_probs(teacher: str, images: torch.Tensor) -> torch.Tensor:
     Offline distillation: the student sees augmented faces, the teacher's targets come from the
     originals. The augmentations keep the label, and this costs one pass instead of one
     teacher forward per batch, which on a CPU would cost more than the student's own step.
+    The targets average the face and its mirror image: the student sees both under one target
+    (flip augmentation), and flip averaging is also the more accurate teacher.
     """
     from .classifier import load_model
 
-    log.info("teacher %s: scoring %d training faces", teacher, len(images))
-    return torch.from_numpy(load_model(teacher).predict_proba(images.numpy()))
+    log.info("teacher %s: scoring %d training faces (flip-averaged)", teacher, len(images))
+    return torch.from_numpy(load_model(teacher).predict_proba(images.numpy(), tta="flip"))
 
 
 def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device):
