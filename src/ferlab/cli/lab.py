@@ -1,32 +1,21 @@
-"""The ``ferlab`` command line: thin commands over the library."""
+"""Commands that train, measure and package models: data, train, evaluate, ensemble, export,
+experiment, report, models."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
-from rich.box import SIMPLE
-from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_DATA, TrainConfig, parse_override
-from .data import EMOTIONS, USAGES, DataError
+from ..config import DEFAULT_DATA, TrainConfig, parse_override
+from ..data import EMOTIONS, USAGES
+from .app import app, console, err
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
-)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
-console = Console()
-err = Console(stderr=True)
 
 
 @data_app.command("info")
@@ -38,7 +27,7 @@ def data_info(
     ignore_unknown: Annotated[bool, typer.Option(help="Skip unknown class folders")] = False,
 ) -> None:
     """Counts per split and class."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     data = load_dataset(path, ignore_unknown)
     table = Table(title=f"{path} ({len(data)} faces)")
@@ -55,7 +44,7 @@ def data_info(
         table.add_row(u or "(no split)", *map(str, c), str(c.sum()))
     console.print(table)
     if plot is not None:
-        from .plots import class_distribution_figure, samples_figure, save_figure
+        from ..plots import class_distribution_figure, samples_figure, save_figure
 
         a = save_figure(class_distribution_figure(counts), plot / "class_distribution.png")
         b = save_figure(samples_figure(data.images, data.labels), plot / "samples.png")
@@ -94,7 +83,7 @@ def train(
 
     Several machines: torchrun --nnodes ... --nproc-per-node N -m ferlab train CONFIG
     """
-    from .train import train as run_training
+    from ..train import train as run_training
 
     if resume is not None:
         recipe = {
@@ -152,8 +141,8 @@ def evaluate(
     format: Annotated[str, typer.Option(help="json, csv or md (comma-separated for --out)")] = "md",
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on one split."""
-    from .classifier import load_model
-    from .evaluate import evaluate_split
+    from ..classifier import load_model
+    from ..evaluate import evaluate_split
 
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
@@ -181,8 +170,8 @@ def ensemble(
     tta: Annotated[str, typer.Option(help="none or flip, for every member")] = "none",
 ) -> None:
     """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
-    from .classifier import load_model
-    from .ensemble import build_ensemble, save_ensemble
+    from ..classifier import load_model
+    from ..ensemble import build_ensemble, save_ensemble
 
     ens, accuracy = build_ensemble([load_model(m) for m in members], data, split, tta)
     for m, t, acc in zip(members, ens.temperatures, accuracy["members"], strict=True):
@@ -190,99 +179,6 @@ def ensemble(
     console.print(f"ensemble of {len(members)}: {split} accuracy {accuracy['ensemble']:.2%}")
     extra = {"calibrated_on": split, "metrics": {split: {"accuracy": accuracy["ensemble"]}}}
     console.print(f"wrote {save_ensemble(ens, out, extra=extra)}")
-
-
-@app.command()
-def predict(
-    sources: Annotated[list[str], typer.Argument(help="Images, folders, videos")],
-    model: Annotated[
-        str | None, typer.Option(help="Checkpoint, .onnx, or name [default: shipped]")
-    ] = None,
-    runtime: Annotated[
-        str, typer.Option(help="torch or onnx (exports the model on the fly)")
-    ] = "torch",
-    detector: Annotated[str, typer.Option(help="Face detector (haar, ...) or none")] = "haar",
-    no_detect: Annotated[bool, typer.Option("--no-detect", help="Inputs are face crops")] = False,
-    format: Annotated[
-        str, typer.Option(help="json, csv or md (comma-separated with --out)")
-    ] = "json",
-    out: Annotated[
-        Path | None, typer.Option(help="Write predictions, annotated images/videos here")
-    ] = None,
-    every: Annotated[int, typer.Option(help="Keep every k-th video frame")] = 1,
-    smooth: Annotated[float, typer.Option(help="Video smoothing of probabilities, 0..1")] = 0.0,
-    tta: Annotated[str, typer.Option(help="none or flip")] = "none",
-    batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
-) -> None:
-    """Faces and emotion probabilities in photos, folders and videos."""
-    from .outputs import render, write_predictions
-    from .predict import Predictor, count_frames
-
-    predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
-    formats = [f.strip() for f in format.split(",")]
-    stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
-    if out is not None:
-        records, files = write_predictions(stream, out, formats)
-        err.print(f"wrote {len(files)} files under {out}")
-    else:
-        records = [p.to_dict() for p in stream]
-        print(render(records, formats[0]), end="")
-    failed = [r for r in records if r.get("error")]
-    for r in failed:
-        err.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
-    if failed:
-        raise typer.Exit(1)
-
-
-def _load(model: str | None, runtime: str):
-    from .classifier import load_model
-
-    return load_model(model, runtime=runtime)
-
-
-def _progress(stream, total: int | None):
-    from tqdm import tqdm
-
-    # progress on stderr: stdout stays clean for JSON/CSV
-    return tqdm(
-        stream,
-        total=total,
-        unit="img",
-        file=sys.stderr,
-        leave=False,
-        disable=total is not None and total <= 1,
-    )
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Where the annotated photo and predictions go")] = Path(
-        "runs/demo"
-    ),
-    model: Annotated[str | None, typer.Option(help="Model [default: shipped]")] = None,
-    detector: Annotated[str, typer.Option(help="Face detector")] = "haar",
-) -> None:
-    """Recognise the expression in a demo photo (scikit-image's astronaut, NASA, public domain)."""
-    from PIL import Image
-
-    from .outputs import write_predictions
-    from .predict import Predictor, demo_image
-
-    photo = out / "astronaut.png"
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(demo_image()).save(photo)
-    predictor = Predictor(_load(model, "torch"), detector)
-    records, files = write_predictions(predictor(photo), out, ["json"])
-    table = Table(title="astronaut (skimage.data.astronaut)", box=SIMPLE)
-    for col in ("box x,y,w,h", "label", *(e[:3] for e in EMOTIONS)):
-        table.add_column(col, justify="right", no_wrap=True)
-    for face in records[0]["faces"]:
-        probs = face["emotions"]
-        label = max(probs, key=probs.get)
-        box = ",".join(map(str, face["box"]))
-        table.add_row(box, label, *(f"{probs[e]:.2f}" for e in EMOTIONS))
-    console.print(table)
-    console.print(f"wrote {', '.join(str(f) for f in files)}")
 
 
 @app.command()
@@ -303,12 +199,12 @@ def export(
     data: Annotated[str, typer.Option(help="Dataset for --int8 calibration")] = DEFAULT_DATA,
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
-    from .classifier import load_model
-    from .export import export_onnx, export_safetensors
+    from ..classifier import load_model
+    from ..export import export_onnx, export_safetensors
 
     clf = load_model(model)
     if format == "onnx" and int8:
-        from .export import export_int8
+        from ..export import export_int8
 
         console.print(f"wrote {export_int8(clf, out or Path('model.onnx'), data)}")
     elif format == "onnx":
@@ -323,48 +219,6 @@ def export(
         )
     else:
         raise ValueError(f"unknown format {format!r}; expected onnx or safetensors")
-
-
-@app.command()
-def serve(
-    model: Annotated[
-        str | None, typer.Option(help="Checkpoint, export, .onnx or name [default: shipped]")
-    ] = None,
-    runtime: Annotated[str, typer.Option(help="torch or onnx (exports on the fly)")] = "torch",
-    detector: Annotated[str, typer.Option(help="Default face detector")] = "haar",
-    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(help="Server processes, each with its model")] = 1,
-    batch_wait_ms: Annotated[
-        float, typer.Option(help="Wait for concurrent faces to batch; 0 = off")
-    ] = 5.0,
-    max_batch: Annotated[int, typer.Option(help="Faces per model call, at most")] = 64,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest image accepted (MB)")] = 10.0,
-    timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504")] = 30.0,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="FERLAB_API_KEY", help="Require this key on /v1/ (X-API-Key)"),
-    ] = None,
-) -> None:
-    """HTTP service and web page: POST /v1/predict, GET / (photo and webcam), /docs, /metrics."""
-    from .serve import serve as run_server
-
-    console.print(f"serving on http://{host}:{port}/ (API docs at /docs)")
-    run_server(
-        host=host,
-        port=port,
-        workers=workers,
-        model=model,
-        runtime=runtime,
-        detector=detector,
-        batch_wait_ms=batch_wait_ms,
-        max_batch=max_batch,
-        max_upload_mb=max_upload_mb,
-        timeout_s=timeout,
-        api_key=api_key,
-    )
 
 
 @app.command()
@@ -384,8 +238,8 @@ def experiment(
     ] = None,
 ) -> None:
     """Run a suite's unfinished trials (resumable), then write its report."""
-    from .experiments import Suite, run_suite
-    from .report import build_report
+    from ..experiments import Suite, run_suite
+    from ..report import build_report
 
     s = Suite.from_yaml(suite)
     if out is not None:
@@ -409,11 +263,11 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Write here [default: RUNS]")] = None,
 ) -> None:
     """Statistics, comparisons and plots over a set of runs: report.md/html, results.csv/json."""
-    from .report import build_report
+    from ..report import build_report
 
     notes, order = "", None
     if suite is not None:
-        from .experiments import Suite
+        from ..experiments import Suite
 
         s = Suite.from_yaml(suite)
         baseline, title, notes = baseline or s.baseline_name, title or s.name, s.notes
@@ -425,16 +279,7 @@ def report(
 @app.command("models")
 def models_cmd() -> None:
     """List the registered model architectures."""
-    from .models import list_models
+    from ..models import list_models
 
     for m in list_models():
         print(m)
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        app()
-    except (DataError, ValueError, OSError, ImportError, RuntimeError, yaml.YAMLError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)

@@ -1,0 +1,30 @@
+"""The ``ferlab`` Typer app, its consoles and the entry point that turns errors into exit 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+import yaml
+from rich.console import Console
+
+from ..data import DataError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        app()
+    except (DataError, ValueError, OSError, ImportError, RuntimeError, yaml.YAMLError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

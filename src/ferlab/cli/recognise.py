@@ -1,0 +1,149 @@
+"""Commands that recognise expressions: predict, demo, serve."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.box import SIMPLE
+from rich.table import Table
+
+from ..data import EMOTIONS
+from .app import app, console, err
+
+
+@app.command()
+def predict(
+    sources: Annotated[list[str], typer.Argument(help="Images, folders, videos")],
+    model: Annotated[
+        str | None, typer.Option(help="Checkpoint, .onnx, or name [default: shipped]")
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="torch or onnx (exports the model on the fly)")
+    ] = "torch",
+    detector: Annotated[str, typer.Option(help="Face detector (haar, ...) or none")] = "haar",
+    no_detect: Annotated[bool, typer.Option("--no-detect", help="Inputs are face crops")] = False,
+    format: Annotated[
+        str, typer.Option(help="json, csv or md (comma-separated with --out)")
+    ] = "json",
+    out: Annotated[
+        Path | None, typer.Option(help="Write predictions, annotated images/videos here")
+    ] = None,
+    every: Annotated[int, typer.Option(help="Keep every k-th video frame")] = 1,
+    smooth: Annotated[float, typer.Option(help="Video smoothing of probabilities, 0..1")] = 0.0,
+    tta: Annotated[str, typer.Option(help="none or flip")] = "none",
+    batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
+) -> None:
+    """Faces and emotion probabilities in photos, folders and videos."""
+    from ..outputs import render, write_predictions
+    from ..predict import Predictor, count_frames
+
+    predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
+    formats = [f.strip() for f in format.split(",")]
+    stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
+    if out is not None:
+        records, files = write_predictions(stream, out, formats)
+        err.print(f"wrote {len(files)} files under {out}")
+    else:
+        records = [p.to_dict() for p in stream]
+        print(render(records, formats[0]), end="")
+    failed = [r for r in records if r.get("error")]
+    for r in failed:
+        err.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _load(model: str | None, runtime: str):
+    from ..classifier import load_model
+
+    return load_model(model, runtime=runtime)
+
+
+def _progress(stream, total: int | None):
+    from tqdm import tqdm
+
+    # progress on stderr: stdout stays clean for JSON/CSV
+    return tqdm(
+        stream,
+        total=total,
+        unit="img",
+        file=sys.stderr,
+        leave=False,
+        disable=total is not None and total <= 1,
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the annotated photo and predictions go")] = Path(
+        "runs/demo"
+    ),
+    model: Annotated[str | None, typer.Option(help="Model [default: shipped]")] = None,
+    detector: Annotated[str, typer.Option(help="Face detector")] = "haar",
+) -> None:
+    """Recognise the expression in a demo photo (scikit-image's astronaut, NASA, public domain)."""
+    from PIL import Image
+
+    from ..outputs import write_predictions
+    from ..predict import Predictor, demo_image
+
+    photo = out / "astronaut.png"
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(demo_image()).save(photo)
+    predictor = Predictor(_load(model, "torch"), detector)
+    records, files = write_predictions(predictor(photo), out, ["json"])
+    table = Table(title="astronaut (skimage.data.astronaut)", box=SIMPLE)
+    for col in ("box x,y,w,h", "label", *(e[:3] for e in EMOTIONS)):
+        table.add_column(col, justify="right", no_wrap=True)
+    for face in records[0]["faces"]:
+        probs = face["emotions"]
+        label = max(probs, key=probs.get)
+        box = ",".join(map(str, face["box"]))
+        table.add_row(box, label, *(f"{probs[e]:.2f}" for e in EMOTIONS))
+    console.print(table)
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Checkpoint, export, .onnx or name [default: shipped]")
+    ] = None,
+    runtime: Annotated[str, typer.Option(help="torch or onnx (exports on the fly)")] = "torch",
+    detector: Annotated[str, typer.Option(help="Default face detector")] = "haar",
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes, each with its model")] = 1,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Wait for concurrent faces to batch; 0 = off")
+    ] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Faces per model call, at most")] = 64,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest image accepted (MB)")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504")] = 30.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="FERLAB_API_KEY", help="Require this key on /v1/ (X-API-Key)"),
+    ] = None,
+) -> None:
+    """HTTP service and web page: POST /v1/predict, GET / (photo and webcam), /docs, /metrics."""
+    from ..serve import serve as run_server
+
+    console.print(f"serving on http://{host}:{port}/ (API docs at /docs)")
+    run_server(
+        host=host,
+        port=port,
+        workers=workers,
+        model=model,
+        runtime=runtime,
+        detector=detector,
+        batch_wait_ms=batch_wait_ms,
+        max_batch=max_batch,
+        max_upload_mb=max_upload_mb,
+        timeout_s=timeout,
+        api_key=api_key,
+    )
