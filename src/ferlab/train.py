@@ -64,13 +64,15 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
+    quiet = not log.isEnabledFor(logging.INFO) or os.environ.get("FERLAB_PROGRESS") == "0"
     bar = tqdm(
         range(steps),
         desc=desc,
         leave=False,
         unit="batch",
         mininterval=1.0,
-        disable=not log.isEnabledFor(logging.INFO) or os.environ.get("FERLAB_PROGRESS") == "0",
+        # None: tqdm's own "off unless stderr is a terminal", so nohup logs keep epoch lines only
+        disable=True if quiet else None,
     )
     for step in bar:
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
