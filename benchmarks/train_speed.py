@@ -76,9 +76,10 @@ def main() -> None:
     print("|---|---|" + "---|" * (len(args.modes) + 1))
     for name in args.models:
         speeds = [images_per_second(name, m, args.batch, args.seconds) for m in args.modes]
-        ratio = max(speeds) / speeds[0] if args.modes[0] == "fp32" else float("nan")
+        # the ratio needs the plain baseline, which is the first mode when it is measured
+        ratio = f"{max(speeds) / speeds[0]:.2f}x" if args.modes[0] == "fp32" else "-"
         cells = " | ".join(f"{s:.0f}" for s in speeds)
-        print(f"| {name} | {args.batch} | {cells} | {ratio:.2f}x |", flush=True)
+        print(f"| {name} | {args.batch} | {cells} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":
