@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ferlab import load_model
+from ferlab.classifier import shipped_models
 from ferlab.ensemble import Ensemble, calibrate, fit_temperature, save_ensemble
 from test_export import faces, make_classifier  # noqa: F401  (fixture and helper)
 
@@ -115,3 +116,13 @@ def test_shipped_names_resolve_to_exports_ensembles_and_onnx(faces, tmp_path, mo
     assert type(load_model("fast", runtime="onnx")) is type(fast)  # already ONNX: no re-export
     onnx_ens = load_model("ensemble", runtime="onnx")
     assert all(type(m) is type(fast) for m in onnx_ens.members)
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_every_shipped_model_reads_real_faces(name, real_csv):
+    from ferlab.evaluate import evaluate_split
+
+    # 140 real PublicTest faces; the majority class alone is 25% of FER-2013: a wrong or
+    # damaged shipped file lands near that, a working one near its documented 65-70%
+    metrics = evaluate_split(load_model(name), str(real_csv), "PublicTest")
+    assert metrics.accuracy > 0.55, f"{name}: {metrics.accuracy:.2%}"
