@@ -9,6 +9,7 @@ import yaml
 from ferlab import TrainConfig, load_model, train
 from ferlab.config import parse_override
 from ferlab.parts import load_splits
+from ferlab.train import teacher_probs
 
 TINY = {"widths": [8, 16, 16, 16]}
 
@@ -223,6 +224,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, 
     _, teacher = export_safetensors(tiny_model, tmp_path / "teacher")
     data = load_splits(_cfg(real_csv, tmp_path))
     target = torch.from_numpy(tiny_model.predict_proba(data["train_x"].numpy(), tta="flip"))
+    got = teacher_probs(str(teacher), data["train_x"])  # flip-averaged, not the plain pass
+    plain = torch.from_numpy(tiny_model.predict_proba(data["train_x"].numpy()))
+    assert float((got - target).abs().max()) < 0.1 * float((got - plain).abs().max())
 
     def kl_to_teacher(run):
         p = torch.from_numpy(load_model(run / "last.pt").predict_proba(data["train_x"].numpy()))
