@@ -79,9 +79,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 def shipped_models() -> list[str]:
     """Names of the models inside the package (``load_model(name)``)."""
-    return sorted(
-        {p.stem for p in WEIGHTS.glob("*.json")} | {p.stem for p in WEIGHTS.glob("*.onnx")}
-    )
+    return sorted({p.stem for p in WEIGHTS.glob("*") if p.suffix in (".json", ".onnx")})
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str = "torch"):

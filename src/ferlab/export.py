@@ -192,7 +192,8 @@ def export_int8(classifier: Classifier, path: str | Path, data: str, n: int = 51
         return quantize_onnx(export_onnx(classifier, Path(tmp) / "float.onnx"), path, faces)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in NumPy (ONNX outputs, ensemble calibration)."""
     x = x - x.max(1, keepdims=True)
     return x - np.log(np.exp(x).sum(1, keepdims=True))
 
@@ -247,8 +248,8 @@ class OnnxClassifier:
                 out[i : i + batch_size] = self._run(x, "probs")
                 continue
             mirror = np.ascontiguousarray(x[..., ::-1])
-            logp = _log_softmax(self._run(x, "logits")) + _log_softmax(self._run(mirror, "logits"))
-            out[i : i + batch_size] = np.exp(_log_softmax(logp / 2))
+            logp = log_softmax(self._run(x, "logits")) + log_softmax(self._run(mirror, "logits"))
+            out[i : i + batch_size] = np.exp(log_softmax(logp / 2))
         return out
 
     def predict(self, faces: np.ndarray, **kw) -> np.ndarray:
