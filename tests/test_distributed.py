@@ -9,10 +9,12 @@ import sys
 import pytest
 import torch
 
-from ferlab import TrainConfig, load_model, train
+from ferlab import TrainConfig, distributed, load_model, train
 from ferlab.distributed import Dist, gather_rows, launch
 from ferlab.evaluate import evaluate_probs
+from ferlab.export import export_safetensors
 from ferlab.parts import load_splits
+from ferlab.train import teacher_probs
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +120,20 @@ def test_gather_rows_single_process_and_batch_divisibility(real_csv, tmp_path):
     assert torch.equal(gather_rows(t, 5, Dist()), t)
     with pytest.raises(ValueError, match="batch_size 63 is not divisible by 2 processes"):
         train(_cfg(real_csv, tmp_path, batch_size=63), nproc=2)
+
+
+def _teacher_probs_in_rank(teacher, images, out):
+    d = distributed.init(torch.device("cpu"))
+    probs = teacher_probs(teacher, images, d)
+    torch.save(probs, out / f"rank{d.rank}.pt")
+    distributed.close(d)
+
+
+def test_ranks_share_the_teachers_work(tmp_path, tiny_model):
+    _, teacher = export_safetensors(tiny_model, tmp_path / "teacher")
+    images = torch.randint(0, 256, (101, 48, 48), dtype=torch.uint8)  # odd: uneven slices
+    launch(_teacher_probs_in_rank, 2, str(teacher), images, tmp_path)
+    want = teacher_probs(str(teacher), images)
+    for rank in (0, 1):  # every rank holds all 101 targets, in order
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got, want)

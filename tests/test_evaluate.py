@@ -8,6 +8,7 @@ from ferlab import EMOTIONS, Classifier
 from ferlab.checkpoint import load_checkpoint, save_checkpoint
 from ferlab.evaluate import Metrics, evaluate_logits, predict_logits
 from ferlab.models import create_model
+from ferlab.transforms import tta_views
 
 
 def test_metrics_against_hand_computed_values():
@@ -106,13 +107,29 @@ def test_predict_proba_batches_large_inputs(tmp_path):
         clf.predict_proba(faces[:2].astype(np.float32))
 
 
-def test_flip_tta_is_mirror_invariant(tmp_path):
+@pytest.mark.parametrize("tta", ["flip", "shift"])
+def test_tta_is_mirror_invariant(tmp_path, tta):
     clf = _classifier(tmp_path, "minmax")
     faces = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
-    a = predict_logits(clf.model, faces, clf.preprocess, tta="flip")
-    b = predict_logits(clf.model, faces.flip(-1), clf.preprocess, tta="flip")
+    a = predict_logits(clf.model, faces, clf.preprocess, tta=tta)
+    b = predict_logits(clf.model, faces.flip(-1), clf.preprocess, tta=tta)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, predict_logits(clf.model, faces, clf.preprocess))
+    with pytest.raises(ValueError, match="unknown tta 'crop'; expected one of none, flip"):
+        predict_logits(clf.model, faces, clf.preprocess, tta="crop")
+
+
+def test_shift_views_move_the_face_two_pixels():
+    x = torch.zeros(1, 1, 48, 48)
+    x[..., 20, 30] = 1  # one bright pixel at row 20, column 30
+    views = tta_views(x, "shift")
+    assert len(views) == 10 and all(v.shape == x.shape for v in views)
+    where = [tuple(int(i) for i in v[0, 0].nonzero()[0]) for v in views[:5]]
+    assert where == [(20, 30), (20, 28), (20, 32), (18, 30), (22, 30)]
+    torch.testing.assert_close(views[5], x.flip(-1))
+    columns = tta_views(torch.arange(48.0).expand(1, 1, 48, 48), "shift")  # pixel = column
+    assert columns[1][0, 0, 0, -4:].tolist() == [46, 47, 47, 47]  # the edge column is repeated
+    assert columns[2][0, 0, 0, :3].tolist() == [0, 0, 0]
 
 
 def test_load_checkpoint_rejects_other_files(tmp_path):

@@ -131,12 +131,13 @@ def test_onnx_dynamic_batch_and_chunking(faces, ort, tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_flip_tta_matches_torch(faces, ort, tmp_path):
+def test_onnx_tta_matches_torch(faces, ort, tmp_path):
     clf = make_classifier(faces)
     onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx", faces=faces[:8]))
-    got = onnx_clf.predict_proba(faces, batch_size=100, tta="flip")
-    assert max_diff(got, clf.predict_proba(faces, tta="flip")) < 1e-4
-    assert max_diff(got, clf.predict_proba(faces)) > 1e-3  # flipping did something
+    for tta in ("flip", "shift"):
+        got = onnx_clf.predict_proba(faces, batch_size=100, tta=tta)
+        assert max_diff(got, clf.predict_proba(faces, tta=tta)) < 1e-4
+        assert max_diff(got, clf.predict_proba(faces)) > 1e-3  # the views did something
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import EMOTIONS, atomic_write_bytes
-from .transforms import to_input
+from .transforms import check_tta, to_input, tta_views
 
 
 @torch.no_grad()
@@ -29,10 +29,10 @@ def predict_logits(
 ) -> torch.Tensor:
     """Float32 logits ``(N, 7)`` for uint8 faces ``(N, 48, 48)``, in batches, on CPU.
 
-    ``tta="flip"`` averages the log-probabilities of each face and its mirror.
+    With ``tta`` other than ``"none"`` the result is the mean log-probability over the
+    views of :func:`~ferlab.transforms.tta_views` (``flip``: each face and its mirror).
     """
-    if tta not in ("none", "flip"):
-        raise ValueError(f"unknown tta {tta!r}; expected 'none' or 'flip'")
+    check_tta(tta)
     was_training = model.training
     model.eval()
     out = []
@@ -40,11 +40,12 @@ def predict_logits(
         x = to_input(images[i : i + batch_size].to(device), spec)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x).float()
-        if tta == "flip":
-            flipped = model(x.flip(-1)).float()
-            logits = (F.log_softmax(logits, 1) + F.log_softmax(flipped, 1)) / 2
-        out.append(logits.cpu())
+        views = tta_views(x, tta)
+        if len(views) == 1:
+            out.append(model(x).float().cpu())
+            continue
+        logp = sum(F.log_softmax(model(v).float(), 1) for v in views) / len(views)
+        out.append(logp.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, len(EMOTIONS))
 

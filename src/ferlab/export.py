@@ -20,7 +20,7 @@ from torch import nn
 from .classifier import Classifier, check_faces
 from .data import atomic_write_bytes
 from .models import create_model
-from .transforms import scale
+from .transforms import check_tta, scale, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -235,21 +235,21 @@ class OnnxClassifier:
     ) -> np.ndarray:
         """float32 ``(N, 7)`` probabilities in ``classes`` order for uint8 faces ``(N, 48, 48)``.
 
-        ``tta="flip"`` averages the log-probabilities of each face and its mirror, then takes
-        the softmax: the same numbers as ``Classifier.predict_proba(..., tta="flip")``.
+        ``tta`` averages the log-probabilities over the views of
+        :func:`~ferlab.transforms.tta_views`, then takes the softmax: the same numbers as
+        ``Classifier.predict_proba(..., tta=tta)``.
         """
         faces = check_faces(faces)
-        if tta not in ("none", "flip"):
-            raise ValueError(f"unknown tta {tta!r}; expected 'none' or 'flip'")
+        check_tta(tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         for i in range(0, len(faces), batch_size):
             x = faces[i : i + batch_size, None].astype(np.float32)
             if tta == "none":
                 out[i : i + batch_size] = self._run(x, "probs")
                 continue
-            mirror = np.ascontiguousarray(x[..., ::-1])
-            logp = log_softmax(self._run(x, "logits")) + log_softmax(self._run(mirror, "logits"))
-            out[i : i + batch_size] = np.exp(log_softmax(logp / 2))
+            views = tta_views(torch.from_numpy(x), tta)
+            logp = sum(log_softmax(self._run(v.contiguous().numpy(), "logits")) for v in views)
+            out[i : i + batch_size] = np.exp(log_softmax(logp / len(views)))
         return out
 
     def predict(self, faces: np.ndarray, **kw) -> np.ndarray:

@@ -230,7 +230,7 @@ class Predictor:
         detector: a FaceDetector or a name from ``ferlab.faces.list_detectors()``; "none" treats
             every image as one face crop.
         batch_size: faces classified per call of the model (across images and frames).
-        tta: "none" or "flip" (average with the mirror image).
+        tta: "none", "flip" (average with the mirror image) or "shift" (10 views).
     """
 
     def __init__(

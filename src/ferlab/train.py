@@ -181,7 +181,7 @@ def _fit(
     torch.manual_seed(cfg.seed)
     data = load_splits(cfg)
     if cfg.teacher:
-        data["train_soft"] = teacher_probs(cfg.teacher, data["train_x"])
+        data["train_soft"] = teacher_probs(cfg.teacher, data["train_x"], d)
     parts = build_parts(cfg, data, device, d)
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
@@ -264,7 +264,9 @@ def _fit(
         _save_curves(run_dir, rows)
 
 
-def teacher_probs(teacher: str, images: torch.Tensor) -> torch.Tensor:
+def teacher_probs(
+    teacher: str, images: torch.Tensor, d: distributed.Dist | None = None
+) -> torch.Tensor:
     """The teacher's probabilities for the (unaugmented) training faces, computed once.
 
     Offline distillation: the student sees augmented faces, the teacher's targets come from the
@@ -272,11 +274,15 @@ def teacher_probs(teacher: str, images: torch.Tensor) -> torch.Tensor:
     teacher forward per batch, which on a CPU would cost more than the student's own step.
     The targets average the face and its mirror image: the student sees both under one target
     (flip augmentation), and flip averaging is also the more accurate teacher.
+    Distributed ranks each score a slice and share the results.
     """
     from .classifier import load_model
 
+    d = d or distributed.Dist()
     log.info("teacher %s: scoring %d training faces (flip-averaged)", teacher, len(images))
-    return torch.from_numpy(load_model(teacher).predict_proba(images.numpy(), tta="flip"))
+    mine = images[d.rank :: d.world].numpy()
+    probs = torch.from_numpy(load_model(teacher).predict_proba(mine, tta="flip"))
+    return distributed.gather_rows(probs, len(images), d)
 
 
 def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device):

@@ -47,6 +47,33 @@ def to_input(images: torch.Tensor, spec: dict) -> torch.Tensor:
     return scale(to_float(images), spec)
 
 
+TTA_MODES = ("none", "flip", "shift")
+SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))  # pixels (dx, dy)
+
+
+def check_tta(tta: str) -> str:
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown tta {tta!r}; expected one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of a batch ``(N, C, H, W)`` whose predictions test-time augmentation averages.
+
+    ``flip``: the batch and its mirror. ``shift``: the flip pair at the centre and moved 2
+    pixels left, right, up and down (edges repeated), 10 views, chosen on PublicTest over
+    44-pixel ten-crop, which the full-face training never sees.
+    """
+    if check_tta(tta) == "none":
+        return [x]
+    views = [x]
+    if tta == "shift":
+        pad = F.pad(x, (2, 2, 2, 2), mode="replicate")
+        h, w = x.shape[-2:]
+        views = [pad[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w] for dx, dy in SHIFTS]
+    return views + [v.flip(-1) for v in views]
+
+
 @dataclass
 class Augment:
     """Random affine + erasing for a batch, parameters drawn from ``generator``.

@@ -134,7 +134,7 @@ def evaluate(
     split_mode: Annotated[
         str, typer.Option(help="official or stratified (for train/val/test)")
     ] = "official",
-    tta: Annotated[str, typer.Option(help="none or flip")] = "none",
+    tta: Annotated[str, typer.Option(help="none, flip or shift (10 views)")] = "none",
     out: Annotated[
         Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
     ] = None,
@@ -146,7 +146,7 @@ def evaluate(
 
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
-    title = f"{model} on {split}" + (" (flip TTA)" if tta == "flip" else "")
+    title = f"{model} on {split}" + (f" ({tta} TTA)" if tta != "none" else "")
     formats = tuple(f.strip() for f in format.split(","))
     if out is not None:
         for path in metrics.save(out, formats, title=title):
@@ -167,7 +167,7 @@ def ensemble(
     out: Annotated[Path, typer.Option(help="Manifest stem: writes OUT.json and OUT/")],
     data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
     split: Annotated[str, typer.Option(help="Held-out split to calibrate on")] = "PublicTest",
-    tta: Annotated[str, typer.Option(help="none or flip, for every member")] = "none",
+    tta: Annotated[str, typer.Option(help="none, flip or shift, for every member")] = "none",
 ) -> None:
     """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
     from ..classifier import load_model

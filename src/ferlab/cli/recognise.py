@@ -33,7 +33,7 @@ def predict(
     ] = None,
     every: Annotated[int, typer.Option(help="Keep every k-th video frame")] = 1,
     smooth: Annotated[float, typer.Option(help="Video smoothing of probabilities, 0..1")] = 0.0,
-    tta: Annotated[str, typer.Option(help="none or flip")] = "none",
+    tta: Annotated[str, typer.Option(help="none, flip or shift (10 views)")] = "none",
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
