@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ferlab import load_model
-from ferlab.export import export_onnx, load_onnx
+from ferlab.export import export_onnx
 from ferlab.faces import create_detector, list_detectors
+from ferlab.onnx_model import load_onnx
 from ferlab.predict import Predictor, demo_image
 
 

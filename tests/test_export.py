@@ -16,8 +16,9 @@ from ferlab.checkpoint import save_checkpoint
 from ferlab.classifier import load_model
 from ferlab.data import load_fer2013_csv
 from ferlab.evaluate import predict_logits
-from ferlab.export import export_onnx, export_safetensors, load_onnx, load_safetensors_model
+from ferlab.export import export_onnx, export_safetensors, load_safetensors_model
 from ferlab.models import create_model
+from ferlab.onnx_model import load_onnx
 from ferlab.transforms import preprocess_spec
 
 SMALL = {"widths": [8, 16, 16, 16]}

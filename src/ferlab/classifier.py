@@ -67,7 +67,8 @@ class Classifier:
 def _on_onnx(model: Classifier):
     import tempfile
 
-    from .export import export_onnx, load_onnx
+    from .export import export_onnx
+    from .onnx_model import load_onnx
 
     # the session holds the graph in memory: the file can go once it is loaded
     with tempfile.TemporaryDirectory(prefix="ferlab-") as tmp:
@@ -75,6 +76,8 @@ def _on_onnx(model: Classifier):
 
 
 WEIGHTS = Path(__file__).parent / "weights"
+REQUIRED = ("model_name", "classes", "preprocess")  # metadata every export must carry
+TRAINING_KEYS = ("model_kwargs", "metrics", "config")  # Classifier.meta entries worth shipping
 
 
 def shipped_models() -> list[str]:
@@ -108,7 +111,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         return _on_onnx(model)
     path = Path(path)
     if path.suffix == ".onnx":
-        from .export import load_onnx
+        from .onnx_model import load_onnx
 
         return load_onnx(path)
     if path.suffix in (".json", ".safetensors"):

@@ -44,7 +44,7 @@ def predict_logits(
         if len(views) == 1:
             out.append(model(x).float().cpu())
             continue
-        logp = sum(F.log_softmax(model(v).float(), 1) for v in views) / len(views)
+        logp = torch.stack([F.log_softmax(model(v).float(), 1) for v in views]).mean(0)
         out.append(logp.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, len(EMOTIONS))

@@ -1,0 +1,84 @@
+"""Run an ONNX file written by :func:`ferlab.export.export_onnx` on ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .classifier import REQUIRED, TRAINING_KEYS, check_faces
+from .transforms import check_tta, tta_views
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in NumPy (ONNX outputs, ensemble calibration)."""
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+class OnnxClassifier:
+    """An exported ``.onnx`` file (path or bytes) run by ONNX Runtime, as a Classifier."""
+
+    def __init__(self, source: str | Path | bytes, threads: int = 0):
+        import onnxruntime as ort
+
+        where = "<bytes>" if isinstance(source, bytes) else str(source)
+        if not isinstance(source, bytes) and not Path(source).is_file():
+            raise FileNotFoundError(f"{where}: ONNX model not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0 = ONNX Runtime's choice (all cores)
+        try:
+            self.session = ort.InferenceSession(
+                source if isinstance(source, bytes) else str(source),
+                opts,
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as e:  # ONNX Runtime raises its own pybind types; one clear line
+            raise ValueError(f"{where}: not a valid ONNX model ({type(e).__name__}: {e})") from None
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [k for k in REQUIRED if k not in props]
+        if missing:
+            raise ValueError(f"{where}: not a ferlab export (metadata lacks {', '.join(missing)})")
+        self.classes = tuple(json.loads(props.pop("classes")))
+        self.preprocess = json.loads(props.pop("preprocess"))
+        self.preprocess.pop("input", None)
+        self.name = props.pop("model_name")
+        self.meta = {k: json.loads(v) if k in TRAINING_KEYS else v for k, v in props.items()}
+
+    def _run(self, x: np.ndarray, output: str) -> np.ndarray:
+        return self.session.run([output], {"faces": x})[0]
+
+    def predict_proba(
+        self, faces: np.ndarray, batch_size: int = 256, tta: str = "none"
+    ) -> np.ndarray:
+        """float32 ``(N, 7)`` probabilities in ``classes`` order for uint8 faces ``(N, 48, 48)``.
+
+        ``tta`` averages the log-probabilities over the views of
+        :func:`~ferlab.transforms.tta_views`, then takes the softmax: the same numbers as
+        ``Classifier.predict_proba(..., tta=tta)``.
+        """
+        faces = check_faces(faces)
+        check_tta(tta)
+        out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
+        for i in range(0, len(faces), batch_size):
+            x = faces[i : i + batch_size, None].astype(np.float32)
+            if tta == "none":
+                out[i : i + batch_size] = self._run(x, "probs")
+                continue
+            views = tta_views(torch.from_numpy(x), tta)
+            logp = np.mean(
+                [log_softmax(self._run(v.contiguous().numpy(), "logits")) for v in views], 0
+            )
+            out[i : i + batch_size] = np.exp(log_softmax(logp))
+        return out
+
+    def predict(self, faces: np.ndarray, **kw) -> np.ndarray:
+        """Predicted class indices ``(N,)``."""
+        return self.predict_proba(faces, **kw).argmax(1)
+
+
+def load_onnx(path: str | Path, threads: int = 0) -> OnnxClassifier:
+    """Load an ``.onnx`` file written by :func:`export_onnx`."""
+    return OnnxClassifier(Path(path), threads)
