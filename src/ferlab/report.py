@@ -7,9 +7,7 @@ results.json and the plots. Everything is read from files, never from memory of 
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import math
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .data import EMOTIONS, atomic_write_bytes
+from .markdown_page import markdown_page
 from .stats import Summary, summarize, welch
 
 METRICS = ("precision", "recall", "f1")
@@ -126,7 +125,7 @@ def build_report(
     md = _markdown(groups, failures, base, title or root.name, notes, figures)
     files = [
         _write(dest / "report.md", md),
-        _write(dest / "report.html", _html(md, dest)),
+        _write(dest / "report.html", markdown_page(md, dest)),
         _write(dest / "results.csv", _csv(results)),
         _write(dest / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
     ]
@@ -315,53 +314,6 @@ def _only_differs_in(trials: list[TrialResult], base: list[TrialResult], key: st
     a, b = trials[0].config, base[0].config
     changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     return key in a and changed - {"seed", "out", "name"} <= {key}
-
-
-def _html(md: str, root: Path) -> str:
-    """A self-contained page: the Markdown's tables and text, plots embedded as data URLs."""
-    body = []
-    rows: list[str] = []
-
-    def flush_table() -> None:
-        if rows:
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            head, data = cells[0], [c for c in cells[2:]]
-            body.append(
-                "<table><tr>"
-                + "".join(f"<th>{html.escape(c)}</th>" for c in head)
-                + "</tr>"
-                + "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                    for r in data
-                )
-                + "</table>"
-            )
-            rows.clear()
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            rows.append(line)
-            continue
-        flush_table()
-        if m := re.match(r"!\[(.*)\]\((.*)\)", line):
-            data = base64.b64encode((root / m.group(2)).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
-        elif m := re.match(r"(#+) (.*)", line):
-            n = len(m.group(1))
-            body.append(f"<h{n}>{html.escape(m.group(2))}</h{n}>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    flush_table()
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "img{max-width:100%}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>ferlab report</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    )
 
 
 def _write(path: Path, text: str) -> Path:
