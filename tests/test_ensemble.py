@@ -126,3 +126,18 @@ def test_every_shipped_model_reads_real_faces(name, real_csv):
     # damaged shipped file lands near that, a working one near its documented 65-70%
     metrics = evaluate_split(load_model(name), str(real_csv), "PublicTest")
     assert metrics.accuracy > 0.55, f"{name}: {metrics.accuracy:.2%}"
+
+
+def test_an_ensembles_own_tta_is_the_default(faces, tmp_path):  # noqa: F811
+    from ferlab.predict import Predictor
+
+    a, b = make_classifier(faces, seed=0), make_classifier(faces, seed=1)
+    ens = load_model(save_ensemble(Ensemble([a, b], [1.0, 1.5], "shift"), tmp_path / "ens"))
+    own, plain = ens.predict_proba(faces[:8]), ens.predict_proba(faces[:8], tta="none")
+    assert np.abs(own - plain).max() > 1e-3  # the manifest's shift TTA changes the numbers
+
+    def predicted(**kw):
+        return np.stack([p.faces[0].probs for p in Predictor(ens, "none", **kw)(list(faces[:8]))])
+
+    np.testing.assert_allclose(predicted(), own, atol=1e-5)  # the Predictor keeps it
+    np.testing.assert_allclose(predicted(tta="none"), plain, atol=1e-5)  # unless told otherwise

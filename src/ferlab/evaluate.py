@@ -186,12 +186,16 @@ def evaluate_split(
     data_path: str,
     split: str = "PublicTest",
     split_mode: str = "official",
-    tta: str = "none",
+    tta: str | None = None,
     seed: int = 0,
 ) -> Metrics:
-    """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset."""
+    """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset.
+
+    ``tta=None`` keeps the model's own: none, or the one an ensemble was calibrated with.
+    """
     part = load_split(data_path, split, split_mode, seed)
-    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
+    kw = {} if tta is None else {"tta": tta}
+    return evaluate_probs(classifier.predict_proba(part.images, **kw), part.labels)
 
 
 def load_split(data_path: str, split: str, split_mode: str = "official", seed: int = 0):

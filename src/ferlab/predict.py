@@ -230,7 +230,8 @@ class Predictor:
         detector: a FaceDetector or a name from ``ferlab.faces.list_detectors()``; "none" treats
             every image as one face crop.
         batch_size: faces classified per call of the model (across images and frames).
-        tta: "none", "flip" (average with the mirror image) or "shift" (10 views).
+        tta: "none", "flip" (average with the mirror image) or "shift" (10 views); None keeps
+            the model's own (none, or the one an ensemble was calibrated with).
     """
 
     def __init__(
@@ -238,7 +239,7 @@ class Predictor:
         model: ProbaModel | None = None,
         detector: FaceDetector | str = "haar",
         batch_size: int = 64,
-        tta: str = "none",
+        tta: str | None = None,
     ):
         if model is None:
             from .classifier import load_model
@@ -282,8 +283,9 @@ class Predictor:
         if not pending:
             return
         crops = np.concatenate([c for _, _, c in pending])
+        kw = {} if self.tta is None else {"tta": self.tta}
         probs = (
-            self.model.predict_proba(crops, batch_size=max(len(crops), 1), tta=self.tta)
+            self.model.predict_proba(crops, batch_size=max(len(crops), 1), **kw)
             if len(crops)
             else np.zeros((0, len(EMOTIONS)), np.float32)
         )

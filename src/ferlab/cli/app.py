@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
 )
+TTA_HELP = "none, flip or shift (10 views); default: the model's own (an ensemble's manifest)"
 console = Console()
 err = Console(stderr=True)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import DEFAULT_DATA, TrainConfig, parse_override
 from ..data import EMOTIONS, USAGES
-from .app import app, console, err
+from .app import TTA_HELP, app, console, err
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -134,7 +134,7 @@ def evaluate(
     split_mode: Annotated[
         str, typer.Option(help="official or stratified (for train/val/test)")
     ] = "official",
-    tta: Annotated[str, typer.Option(help="none, flip or shift (10 views)")] = "none",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
     ] = None,
@@ -146,7 +146,7 @@ def evaluate(
 
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
-    title = f"{model} on {split}" + (f" ({tta} TTA)" if tta != "none" else "")
+    title = f"{model} on {split}" + (f" ({tta} TTA)" if tta not in (None, "none") else "")
     formats = tuple(f.strip() for f in format.split(","))
     if out is not None:
         for path in metrics.save(out, formats, title=title):

@@ -11,7 +11,7 @@ from rich.box import SIMPLE
 from rich.table import Table
 
 from ..data import EMOTIONS
-from .app import app, console, err
+from .app import TTA_HELP, app, console, err
 
 
 @app.command()
@@ -33,7 +33,7 @@ def predict(
     ] = None,
     every: Annotated[int, typer.Option(help="Keep every k-th video frame")] = 1,
     smooth: Annotated[float, typer.Option(help="Video smoothing of probabilities, 0..1")] = 0.0,
-    tta: Annotated[str, typer.Option(help="none, flip or shift (10 views)")] = "none",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
