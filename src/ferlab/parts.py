@@ -48,7 +48,7 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kw
 
 
-def batch_sizes(n: int, batch_size: int, world: int = 1) -> int:
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     # A last batch with one sample per process would break batch norm in train mode: drop it.
     return n // batch_size + (1 if n % batch_size >= 2 * world else 0)
 
@@ -85,7 +85,7 @@ def build_parts(
     net = distributed.wrap(model, d, device)
     model = getattr(net, "module", net)
     optimizer = create_optimizer(cfg, model)
-    steps = batch_sizes(len(data["train_y"]), cfg.batch_size, d.world)
+    steps = steps_per_epoch(len(data["train_y"]), cfg.batch_size, d.world)
     loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
     augment = None
     if cfg.augment:

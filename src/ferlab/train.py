@@ -27,13 +27,13 @@ from .evaluate import evaluate_logits, predict_logits
 from .losses import distill_loss
 from .parts import (
     Parts,
-    batch_sizes,
     build_parts,
     eval_model,
     load_splits,
     make_checkpoint,
     resolve_device,
     restore,
+    steps_per_epoch,
 )
 from .transforms import scale, to_float
 
@@ -60,7 +60,7 @@ def train_one_epoch(
     x_all, y_all, soft_all = data["train_x"], data["train_y"], data.get("train_soft")
     n = len(y_all)
     perm = torch.randperm(n, generator=parts.generator)
-    steps = batch_sizes(n, cfg.batch_size, d.world)
+    steps = steps_per_epoch(n, cfg.batch_size, d.world)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
