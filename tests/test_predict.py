@@ -66,6 +66,8 @@ def test_no_detect_treats_inputs_as_crops(tiny_model):
     np.testing.assert_allclose(
         np.stack([p.faces[0].probs for p in preds]), tiny_model.predict_proba(crops), atol=1e-5
     )
+    with pytest.raises(ValueError, match="unknown tta 'crop'"):
+        Predictor(tiny_model, detector="none", tta="crop")
 
 
 def test_bad_files_are_reported_and_skipped(tiny_model, photo_dir):

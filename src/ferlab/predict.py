@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from .data import EMOTIONS, IMAGE_SUFFIXES, atomic_write_bytes
 from .faces import MARGIN, FaceDetector, create_detector, crop_faces
+from .transforms import check_tta
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
@@ -248,7 +249,7 @@ class Predictor:
         self.model = model
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size = batch_size
-        self.tta = tta
+        self.tta = tta if tta is None else check_tta(tta)  # refused before any file is read
         # ready-made crops are used as they are; detected boxes get FER-2013's margin
         self.margin = 0.0 if self.detector.name == "none" else MARGIN
 
