@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoint import build_model, load_checkpoint
 from .data import EMOTIONS
 from .evaluate import predict_logits
+from .transforms import check_tta
 
 
 def check_faces(faces: np.ndarray) -> np.ndarray:
@@ -44,10 +45,10 @@ class Classifier:
         self.meta = meta or {}
 
     def predict_proba(
-        self, faces: np.ndarray, batch_size: int = 256, tta: str = "none"
+        self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None
     ) -> np.ndarray:
         """float32 ``(N, 7)`` probabilities in EMOTIONS order for uint8 faces ``(N, 48, 48)``."""
-        faces = check_faces(faces)
+        faces, tta = check_faces(faces), check_tta(tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         # convert chunk by chunk so N = 100,000 never builds one huge float tensor
         chunk = 8192

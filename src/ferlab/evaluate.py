@@ -194,8 +194,7 @@ def evaluate_split(
     ``tta=None`` keeps the model's own: none, or the one an ensemble was calibrated with.
     """
     part = load_split(data_path, split, split_mode, seed)
-    kw = {} if tta is None else {"tta": tta}
-    return evaluate_probs(classifier.predict_proba(part.images, **kw), part.labels)
+    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
 
 
 def load_split(data_path: str, split: str, split_mode: str = "official", seed: int = 0):

@@ -51,7 +51,7 @@ class OnnxClassifier:
         return self.session.run([output], {"faces": x})[0]
 
     def predict_proba(
-        self, faces: np.ndarray, batch_size: int = 256, tta: str = "none"
+        self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None
     ) -> np.ndarray:
         """float32 ``(N, 7)`` probabilities in ``classes`` order for uint8 faces ``(N, 48, 48)``.
 
@@ -59,8 +59,7 @@ class OnnxClassifier:
         :func:`~ferlab.transforms.tta_views`, then takes the softmax: the same numbers as
         ``Classifier.predict_proba(..., tta=tta)``.
         """
-        faces = check_faces(faces)
-        check_tta(tta)
+        faces, tta = check_faces(faces), check_tta(tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         for i in range(0, len(faces), batch_size):
             x = faces[i : i + batch_size, None].astype(np.float32)

@@ -30,7 +30,7 @@ class ProbaModel(Protocol):
     name: str
 
     def predict_proba(
-        self, faces: np.ndarray, batch_size: int = ..., tta: str = ...
+        self, faces: np.ndarray, batch_size: int = ..., tta: str | None = ...
     ) -> np.ndarray: ...
 
 
@@ -249,7 +249,9 @@ class Predictor:
         self.model = model
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size = batch_size
-        self.tta = tta if tta is None else check_tta(tta)  # refused before any file is read
+        if tta is not None:
+            check_tta(tta)  # refused before any file is read
+        self.tta = tta
         # ready-made crops are used as they are; detected boxes get FER-2013's margin
         self.margin = 0.0 if self.detector.name == "none" else MARGIN
 
@@ -284,9 +286,8 @@ class Predictor:
         if not pending:
             return
         crops = np.concatenate([c for _, _, c in pending])
-        kw = {} if self.tta is None else {"tta": self.tta}
         probs = (
-            self.model.predict_proba(crops, batch_size=max(len(crops), 1), **kw)
+            self.model.predict_proba(crops, batch_size=max(len(crops), 1), tta=self.tta)
             if len(crops)
             else np.zeros((0, len(EMOTIONS)), np.float32)
         )

@@ -51,7 +51,10 @@ TTA_MODES = ("none", "flip", "shift")
 SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))  # pixels (dx, dy)
 
 
-def check_tta(tta: str) -> str:
+def check_tta(tta: str | None) -> str:
+    """A valid TTA mode; None (a model's own default) is "none" for a single model."""
+    if tta is None:
+        return "none"
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta {tta!r}; expected one of {', '.join(TTA_MODES)}")
     return tta
