@@ -9,8 +9,9 @@ resumed run's clock continues from its last row, so time spent stopped is not co
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
+
+from ferlab.history import read_history
 
 
 def time_to(rows: list[dict[str, str]], target: float) -> tuple[int, float] | None:
@@ -26,8 +27,9 @@ def main() -> None:
     p.add_argument("run", type=Path, help="Run directory (holds metrics.csv)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.65, 0.70])
     args = p.parse_args()
-    with (args.run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_history(args.run)
+    if not rows:
+        raise SystemExit(f"{args.run}: no metrics.csv rows (not a run directory?)")
     if rows and not rows[0].get("elapsed"):
         raise SystemExit(f"{args.run}/metrics.csv: no elapsed column (an older run)")
     best = max(float(r["val_acc"]) for r in rows)

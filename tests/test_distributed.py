@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ferlab import TrainConfig, distributed, load_model, train
+from ferlab.distill import teacher_probs
 from ferlab.distributed import Dist, gather_rows, launch
 from ferlab.evaluate import evaluate_probs
 from ferlab.export import export_safetensors
 from ferlab.parts import load_splits
-from ferlab.train import teacher_probs
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import yaml
 
 from ferlab import TrainConfig, load_model, train
 from ferlab.config import parse_override
+from ferlab.distill import teacher_probs
 from ferlab.parts import load_splits
-from ferlab.train import teacher_probs
 
 TINY = {"widths": [8, 16, 16, 16]}
 
@@ -213,8 +213,8 @@ def test_ema_averages_weights_and_is_what_gets_validated_and_saved(real_csv, tmp
 
 
 def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, tiny_model):
+    from ferlab.distill import distill_loss
     from ferlab.export import export_safetensors
-    from ferlab.losses import distill_loss
 
     logits = torch.randn(5, 7)
     same = torch.softmax(logits, 1)

@@ -33,10 +33,3 @@ def create_loss(
     if name == "focal":
         return FocalLoss(gamma, alpha)
     raise ValueError(f"unknown loss {name!r}; expected 'ce' or 'focal'")
-
-
-def distill_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, T: float) -> torch.Tensor:
-    """KL(teacher || student) at temperature T, times T^2 so its gradients keep their scale
-    as T changes (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015)."""
-    target = F.softmax(torch.log(teacher_probs.float().clamp_min(1e-8)) / T, dim=1)
-    return F.kl_div(F.log_softmax(logits.float() / T, dim=1), target, reduction="batchmean") * T * T

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .data import EMOTIONS, atomic_write_bytes
+from .history import read_history
 from .markdown_page import markdown_page
 from .stats import Summary, summarize, welch
 
@@ -44,10 +45,6 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
     results, failures = [], []
     for path in sorted(root.rglob("result.json")):
         r = json.loads(path.read_text())
-        history = []
-        if (path.parent / "metrics.csv").is_file():
-            with (path.parent / "metrics.csv").open() as f:
-                history = list(csv.DictReader(f))
         variant = r.get("variant") or path.parent.parent.name
         results.append(
             TrialResult(
@@ -55,7 +52,7 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
                 int(r.get("seed", 0)),
                 path.parent,
                 r["metrics"],
-                history,
+                read_history(path.parent),
                 r.get("config", {}),
             )
         )

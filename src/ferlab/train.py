@@ -7,7 +7,6 @@ scheduler, early-stopping and RNG states restored, so the result equals an unint
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -23,8 +22,9 @@ from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import atomic_write_bytes
+from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
-from .losses import distill_loss
+from .history import read_history, write_history
 from .parts import (
     Parts,
     build_parts,
@@ -38,17 +38,6 @@ from .parts import (
 from .transforms import scale, to_float
 
 log = logging.getLogger(__name__)
-FIELDS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "seconds",
-    "images_per_s",
-    "elapsed",  # wall seconds since the run began, validation included
-]
 
 
 def train_one_epoch(
@@ -111,18 +100,6 @@ def train_one_epoch(
     totals = distributed.all_sum(torch.stack([total_loss.double(), correct.double(), seen_t]), d)
     loss_sum, correct_sum, seen_sum = totals.tolist()
     return {"train_loss": loss_sum / seen_sum, "train_acc": correct_sum / seen_sum}
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    lines = [",".join(FIELDS)] + [",".join(str(r.get(k, "")) for k in FIELDS) for r in rows]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def _run_dir(cfg: TrainConfig) -> Path:
@@ -196,9 +173,7 @@ def _fit(
     if ckpt is not None:
         state = restore(ckpt, parts)
         # rows written after the checkpoint (killed in between) are dropped and redone
-        rows = [
-            r for r in _read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= state["epoch"] + 1
-        ]
+        rows = [r for r in read_history(run_dir) if int(r["epoch"]) <= state["epoch"] + 1]
         log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 2)
     elif d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +212,7 @@ def _fit(
             cfg.early_stopping,
         )
         if d.main:
-            _write_rows(run_dir / "metrics.csv", rows)
+            write_history(run_dir, rows)
             ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss)
             save_checkpoint(ckpt_now, run_dir / "last.pt")
             if improved:
@@ -262,27 +237,6 @@ def _fit(
             )
     if d.main:
         _save_curves(run_dir, rows)
-
-
-def teacher_probs(
-    teacher: str, images: torch.Tensor, d: distributed.Dist | None = None
-) -> torch.Tensor:
-    """The teacher's probabilities for the (unaugmented) training faces, computed once.
-
-    Offline distillation: the student sees augmented faces, the teacher's targets come from the
-    originals. The augmentations keep the label, and this costs one pass instead of one
-    teacher forward per batch, which on a CPU would cost more than the student's own step.
-    The targets average the face and its mirror image: the student sees both under one target
-    (flip augmentation), and flip averaging is also the more accurate teacher.
-    Distributed ranks each score a slice and share the results.
-    """
-    from .classifier import load_model
-
-    d = d or distributed.Dist()
-    log.info("teacher %s: scoring %d training faces (flip-averaged)", teacher, len(images))
-    mine = images[d.rank :: d.world].numpy()
-    probs = torch.from_numpy(load_model(teacher).predict_proba(mine, tta="flip"))
-    return distributed.gather_rows(probs, len(images), d)
 
 
 def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device):
