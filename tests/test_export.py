@@ -271,6 +271,27 @@ def test_checkpoint_to_both_exports(ort, tmp_path: Path):
     assert max_diff(back.predict_proba(faces), clf.predict_proba(faces)) < 1e-6
 
 
+def test_load_model_honours_device_for_every_format(tmp_path: Path):
+    """``device=`` reaches the weights whichever file holds them: the meta device stands in
+    for a GPU that this machine lacks (a shipped .json once came back on the CPU)."""
+    model = create_model("vggnet_s", **SMALL)
+    clf = Classifier(
+        model, preprocess_spec("minmax"), name="vggnet_s", meta={"model_kwargs": SMALL}
+    )
+    _, info = export_safetensors(clf, tmp_path / "m")
+    ckpt = {
+        "model_name": "vggnet_s",
+        "model_kwargs": SMALL,
+        "classes": list(EMOTIONS),
+        "preprocess": preprocess_spec("minmax"),
+        "model": model.state_dict(),
+    }
+    save_checkpoint(ckpt, tmp_path / "best.pt")
+    for path in (info, info.with_suffix(".safetensors"), tmp_path / "best.pt"):
+        got = load_model(path, device="meta")
+        assert {p.device.type for p in got.model.parameters()} == {"meta"}, path
+
+
 def test_int8_onnx_keeps_metadata_and_mostly_the_top_class(faces, ort, tmp_path):
     from ferlab.export import quantize_onnx
 

@@ -122,7 +122,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         if is_manifest(path):
             return load_ensemble(path, device)
 
-        return load_safetensors_model(path.with_suffix(".json"))
+        return load_safetensors_model(path.with_suffix(".json"), device)
     if not path.exists() and str(path) == "default":
         raise FileNotFoundError("no model ships with this install of ferlab (weights/ missing)")
     ckpt = load_checkpoint(path)
