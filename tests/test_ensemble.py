@@ -60,10 +60,35 @@ def test_bad_manifests_fail_with_the_file_named(tmp_path):
     with pytest.raises(ValueError, match=r"e\.json: an ensemble manifest needs"):
         load_model(bad)
     bad.write_text(json.dumps({"kind": "ensemble", "members": [{"file": "x.json"}]}))
+    with pytest.raises(ValueError, match=r"e\.json: each member needs 'file' and a numeric"):
+        load_model(bad)
+    bad.write_text(
+        json.dumps({"kind": "ensemble", "members": [{"file": "x.json", "temperature": 1}]})
+    )
     with pytest.raises(FileNotFoundError, match=r"x\.json: not found"):
         load_model(bad)
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble([])
+    preds = tmp_path / "predictions.json"  # JSON, but a list: neither manifest nor export
+    preds.write_text(json.dumps([{"path": "a.jpg", "faces": []}]))
+    with pytest.raises(FileNotFoundError, match=r"predictions\.safetensors: not found"):
+        load_model(preds)
+
+
+def test_manifest_temperatures_and_tta_are_checked_on_load(faces, tmp_path):  # noqa: F811
+    members = [make_classifier(faces, seed=s) for s in (0, 1)]
+    path = save_ensemble(Ensemble(members, [0.9, 1.1], tta="flip"), tmp_path / "e")
+    good = json.loads(path.read_text())
+    for change, message in [
+        ({"tta": "crop"}, "unknown tta 'crop'"),
+        ({"members": [dict(good["members"][0], temperature=0)]}, "must be finite and > 0"),
+        ({"members": [dict(good["members"][0], temperature=-1)]}, "must be finite and > 0"),
+        ({"members": [dict(good["members"][0], temperature="warm")]}, "numeric 'temperature'"),
+    ]:
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(ValueError, match=message) as e:
+            load_model(path)
+        assert str(e.value).startswith(str(path))
 
 
 def test_cli_builds_an_ensemble_on_publictest_only(real_csv, tmp_path, monkeypatch):

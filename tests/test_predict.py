@@ -142,8 +142,12 @@ def test_markdown_summary_counts():
 
 
 def test_bad_arguments(tiny_model):
-    with pytest.raises(ValueError, match="every must be >= 1"):
-        list(Predictor(tiny_model)(np.zeros((8, 8, 3), np.uint8), every=0))
+    with pytest.raises(ValueError, match="every must be >= 1"):  # at the call, not when iterated
+        Predictor(tiny_model)(np.zeros((8, 8, 3), np.uint8), every=0)
+    with pytest.raises(ValueError, match="smooth must be in"):
+        Predictor(tiny_model)(np.zeros((8, 8, 3), np.uint8), smooth=1.0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        Predictor(tiny_model, batch_size=0)
     with pytest.raises(TypeError, match="unsupported source int"):
         list(Predictor(tiny_model)(5))
     blank = list(Predictor(tiny_model)(np.zeros((100, 100, 3), np.uint8)))
@@ -180,6 +184,21 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
     assert r.returncode == 1
     assert r.stderr.count("error:") == 1 and "broken.png: not a readable image" in r.stderr
     assert len(json.loads((tmp_path / "o" / "predictions.json").read_text())) == 4
+    assert not (tmp_path / "o" / "predictions.csv").exists()  # --format picked two
+    r = run(str(photo_dir / "astronaut.jpg"), "--model", str(weights), "--out", str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr  # --out without --format: the library's three files
+    assert sorted(p.name for p in (tmp_path / "d").glob("predictions.*")) == [
+        "predictions.csv",
+        "predictions.json",
+        "predictions.md",
+    ]
+    for args, message in [
+        (("--format", "xml"), "--format: unknown xml; expected json, csv or md"),
+        (("--format", "csv,md"), "--format csv,md: several formats need --out (stdout takes one)"),
+        (("--every", "0"), "every must be >= 1, got 0"),
+    ]:
+        r = run(str(photo_dir), "--model", str(weights), *args)
+        assert r.returncode == 2 and r.stderr.strip() == f"error: {message}", r.stderr
     r = run(str(photo_dir / "astronaut.jpg"), "--model", str(weights), "--runtime", "onnx")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)[0]["faces"]) == 1
@@ -237,3 +256,73 @@ def test_failed_run_leaves_no_partial_video(tiny_model, tmp_path, astronaut):
         write_predictions(broken(), tmp_path / "out")
     assert list((tmp_path / "out").glob("*.mp4")) == []
     assert list((tmp_path / "out").glob(".*")) == []
+
+
+def test_same_names_in_two_folders_keep_every_output(tiny_model, tmp_path, astronaut):
+    """a/clip.mp4 and b/clip.mp4 once shared one temp file, and the run lost its results."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_video(tmp_path / d / "clip.mp4", astronaut, n=3)
+        Image.fromarray(astronaut).save(tmp_path / d / "x.jpg")
+    Image.fromarray(astronaut).save(tmp_path / "x_2.jpg")  # the name a duplicate would take
+    sources = [tmp_path / "a", tmp_path / "b", tmp_path / "x_2.jpg"]
+    records, files = write_predictions(Predictor(tiny_model)(sources), tmp_path / "out")
+    names = sorted(f.relative_to(tmp_path / "out").as_posix() for f in files)
+    assert names == [
+        "annotated/x.jpg",
+        "annotated/x_2.jpg",
+        "annotated/x_2_2.jpg",
+        "clip_2_annotated.mp4",
+        "clip_2_timeline.png",
+        "clip_annotated.mp4",
+        "clip_timeline.png",
+        "predictions.csv",
+        "predictions.json",
+        "predictions.md",
+    ]
+    for video in ("clip_annotated.mp4", "clip_2_annotated.mp4"):
+        cap = cv2.VideoCapture(str(tmp_path / "out" / video))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+        cap.release()
+    assert len(records) == 2 * (3 + 1) + 1
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    from ferlab.serve.inputs import decode_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    for rgb in (read_rgb(path), decode_image(path.read_bytes(), 10**6, 10**6)):
+        assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+        np.testing.assert_array_equal(rgb[0, :, 0], np.round(ramp[0] / 257).astype(np.uint8))
+
+
+def test_an_empty_folder_is_an_error_not_an_empty_run(tiny_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    preds = list(Predictor(tiny_model)(tmp_path / "empty"))
+    assert len(preds) == 1 and preds[0].faces == []
+    assert preds[0].error.startswith(f"{tmp_path / 'empty'}: no images or videos found")
+
+
+def test_pending_images_are_bounded_in_bytes(tiny_model, photo_dir, monkeypatch):
+    """Images wait for a batch of faces to fill; a byte budget flushes them early."""
+    import ferlab.predict
+
+    calls = []
+
+    class Counting:
+        classes, name = tiny_model.classes, tiny_model.name
+
+        def predict_proba(self, faces, batch_size=256, tta=None):
+            calls.append(len(faces))
+            return tiny_model.predict_proba(faces, batch_size, tta)
+
+    assert len(list(Predictor(Counting())(photo_dir))) == 3
+    assert len(calls) == 1  # three images, two faces: one model call
+    calls.clear()
+    monkeypatch.setattr(ferlab.predict, "MAX_PENDING_BYTES", 1)
+    assert len(list(Predictor(Counting())(photo_dir))) == 3
+    assert calls == [1, 1]  # flushed after each image; the faceless one needs no call

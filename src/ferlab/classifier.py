@@ -100,6 +100,8 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
     if path is None:
         path = "default"
+    if (runtime == "onnx" or str(path).endswith(".onnx")) and torch.device(device).type != "cpu":
+        raise ValueError(f"device {device}: ONNX models run on the CPU here; use runtime torch")
     if isinstance(path, str) and path in shipped_models():
         # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
         json_path = WEIGHTS / f"{path}.json"

@@ -20,6 +20,7 @@ import torch
 
 from .classifier import check_faces
 from .data import atomic_write_bytes
+from .transforms import check_tta
 
 KIND = "ensemble"
 
@@ -68,7 +69,10 @@ class Ensemble:
         if len(self.temperatures) != len(self.members):
             n, k = len(self.members), len(self.temperatures)
             raise ValueError(f"{n} members but {k} temperatures")
-        self.tta = tta
+        bad = [t for t in self.temperatures if not (np.isfinite(t) and t > 0)]
+        if bad:  # T = 0 gives NaN, T < 0 turns the ranking upside down
+            raise ValueError(f"temperatures must be finite and > 0, got {bad}")
+        self.tta = check_tta(tta)
         self.classes = classes.pop()
         self.name = KIND
         self.meta = meta or {}
@@ -138,9 +142,10 @@ def is_manifest(path: Path) -> bool:
     if path.suffix != ".json" or not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("kind") == KIND
+        doc = json.loads(path.read_text())
     except ValueError:
         return False
+    return isinstance(doc, dict) and doc.get("kind") == KIND
 
 
 def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
@@ -152,9 +157,14 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     if not isinstance(members, list) or not members:
         raise ValueError(f"{path}: an ensemble manifest needs a non-empty 'members' list")
     try:
-        models = [load_safetensors_model(path.parent / m["file"], device) for m in members]
+        files = [path.parent / m["file"] for m in members]
         temps = [float(m["temperature"]) for m in members]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: each member needs 'file' and 'temperature' ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        need = "each member needs 'file' and a numeric 'temperature'"
+        raise ValueError(f"{path}: {need} ({type(e).__name__}: {e})") from None
+    models = [load_safetensors_model(f, device) for f in files]
     meta = {k: v for k, v in info.items() if k not in ("kind", "members", "tta")}
-    return Ensemble(models, temps, info.get("tta", "none"), meta)
+    try:
+        return Ensemble(models, temps, info.get("tta", "none"), meta)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -28,7 +28,9 @@ class OnnxClassifier:
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise FileNotFoundError(f"{where}: ONNX model not found")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0 = ONNX Runtime's choice (all cores)
+        # 0: as many as torch uses, so torch.set_num_threads (a serve worker's share of the
+        # cores) governs both runtimes; ONNX Runtime's own 0 would take every core
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
         try:
             self.session = ort.InferenceSession(
                 source if isinstance(source, bytes) else str(source),

@@ -88,15 +88,14 @@ def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
 class VideoSink:
     """Writes annotated frames of each video to its own .mp4, finished atomically."""
 
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
+    def __init__(self):
         self.writers: dict[str, tuple[Any, Path, Path]] = {}
 
-    def write(self, video: str, frame_rgb: np.ndarray, fps: float) -> None:
+    def write(self, video: str, final: Path, frame_rgb: np.ndarray, fps: float) -> None:
+        """Add a frame of ``video``; its first frame opens ``final`` (written as a temp file)."""
         import cv2
 
         if video not in self.writers:
-            final = self.out_dir / f"{Path(video).stem}_annotated.mp4"
             tmp = final.with_name(f".{final.name}.tmp.mp4")
             final.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame_rgb.shape[:2]
@@ -120,6 +119,25 @@ class VideoSink:
         return done
 
 
+class OutputNames:
+    """One output name per input, unique within a run: ``a/x.jpg`` and ``b/x.jpg`` give ``x``
+    and ``x_2``, and a real ``x_2.jpg`` after them gets ``x_2_2``, never a name in use."""
+
+    def __init__(self):
+        self.given: dict[str, str] = {}
+
+    def __call__(self, path: str | None) -> str:
+        key = path or "array"
+        if key not in self.given:
+            stem = Path(path).stem if path else "array"
+            name, k = stem, 2
+            taken = set(self.given.values())
+            while name in taken:
+                name, k = f"{stem}_{k}", k + 1
+            self.given[key] = name
+        return self.given[key]
+
+
 def write_text(path: Path, text: str) -> Path:
     atomic_write_bytes(path, text.encode())
     return path
@@ -141,31 +159,31 @@ def write_predictions(
             raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
     records: list[dict[str, Any]] = []
     files: list[Path] = []
-    sink = VideoSink(out)
-    names: Counter[str] = Counter()
+    sink = VideoSink()
+    name = OutputNames()
     try:
         for pred in predictions:
             records.append(pred.to_dict())
             if not annotate or pred.error:
                 continue
             if pred.frame is not None:
-                sink.write(pred.path or "video", pred.plot(), pred.fps or 10.0)
+                video = pred.path or "video"
+                final = out / f"{name(video)}_annotated.mp4"
+                sink.write(video, final, pred.plot(), pred.fps or 10.0)
             else:
-                stem = Path(pred.path).stem if pred.path else "array"
-                names[stem] += 1  # same stem in two folders: keep both
-                suffix = f"_{names[stem]}" if names[stem] > 1 else ""
-                files.append(pred.save(out / "annotated" / f"{stem}{suffix}.jpg"))
+                files.append(pred.save(out / "annotated" / f"{name(pred.path)}.jpg"))
     except BaseException:
         sink.close(ok=False)  # a half-written video never takes the final name
         raise
-    files += sink.close()
+    # the predictions first: a video that fails to finish must not cost the run's results
     for fmt in formats:
         files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
+    files += sink.close()
     for video in sorted({r["path"] for r in records if "frame" in r}):
         rows = [r for r in records if r["path"] == video and "frame" in r and r["faces"]]
         if rows:  # the first (leftmost) face of each frame
             times = np.array([r["time"] if r["time"] is not None else r["frame"] for r in rows])
             probs = np.array([[r["faces"][0]["emotions"][e] for e in EMOTIONS] for r in rows])
             fig = timeline_figure(times, probs, title=Path(video).name)
-            files.append(save_figure(fig, out / f"{Path(video).stem}_timeline.png"))
+            files.append(save_figure(fig, out / f"{name(video)}_timeline.png"))
     return records, files

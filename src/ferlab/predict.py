@@ -21,7 +21,9 @@ from .faces import MARGIN, FaceDetector, create_detector, crop_faces
 from .transforms import check_tta
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+FILE_KINDS = (*IMAGE_SUFFIXES, ".webp", ".tif", ".tiff", ".gif", *VIDEO_SUFFIXES)
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
+MAX_PENDING_BYTES = 256_000_000  # decoded images held while a batch of faces fills up
 Box = tuple[int, int, int, int]
 
 
@@ -69,6 +71,11 @@ class Prediction:
     error: str | None = None  # set when the source could not be read; faces is then empty
     fps: float | None = None  # frame rate of the source video
 
+    @classmethod
+    def failed(cls, path: str | Path, error: str) -> Prediction:
+        """The record of a source that could not be read: no image, no faces."""
+        return cls(str(path), None, np.zeros((0, 0, 3), np.uint8), error=error)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "faces": [f.to_dict() for f in self.faces]}
         if self.frame is not None:
@@ -103,9 +110,21 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     f"{path}: image is {im.width}x{im.height} pixels, over the limit of "
                     f"{max_pixels} (decompression bomb?)"
                 )
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            return pil_to_rgb(im)
     except (OSError, Image.DecompressionBombError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """RGB uint8 of a PIL image, upright by its EXIF orientation. 16-bit and float images are
+    rescaled to 8 bits: PIL's own ``convert("RGB")`` clips them, turning a 16-bit photo white."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        x = np.asarray(im, dtype=np.float64).clip(0)
+        top = 255.0 if x.max() <= 255 else 65535.0 if x.max() <= 65535 else float(x.max())
+        gray = np.round(x * (255.0 / top)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -128,8 +147,7 @@ def demo_image() -> np.ndarray:
 
 def iter_files(folder: Path) -> list[Path]:
     """Images and videos under ``folder``, recursively, in sorted order."""
-    kinds = IMAGE_SUFFIXES + VIDEO_SUFFIXES + (".webp", ".tif", ".tiff", ".gif")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in kinds)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
 
 
 def _frames(source: Any, every: int) -> Iterator[Prediction]:
@@ -139,7 +157,11 @@ def _frames(source: Any, every: int) -> Iterator[Prediction]:
     elif isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
-            for f in iter_files(path):
+            files = iter_files(path)
+            if not files:  # a wrong folder must not pass for a run that found no faces
+                kinds = " ".join(FILE_KINDS)
+                yield Prediction.failed(path, f"{path}: no images or videos found ({kinds})")
+            for f in files:
                 yield from _frames(f, every)
         elif path.suffix.lower() in VIDEO_SUFFIXES:
             yield from _video_frames(path, every)
@@ -147,7 +169,7 @@ def _frames(source: Any, every: int) -> Iterator[Prediction]:
             try:
                 yield Prediction(str(path), None, read_rgb(path))
             except ValueError as e:
-                yield Prediction(str(path), None, np.zeros((0, 0, 3), np.uint8), error=str(e))
+                yield Prediction.failed(path, str(e))
     elif isinstance(source, Iterable):
         for s in source:
             yield from _frames(s, every)
@@ -160,9 +182,7 @@ def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        yield Prediction(
-            str(path), None, np.zeros((0, 0, 3), np.uint8), error=f"{path}: not a readable video"
-        )
+        yield Prediction.failed(path, f"{path}: not a readable video")
         return
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     index = 0
@@ -182,12 +202,7 @@ def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
     finally:
         cap.release()
     if index == 0:
-        yield Prediction(
-            str(path),
-            None,
-            np.zeros((0, 0, 3), np.uint8),
-            error=f"{path}: no frames could be decoded",
-        )
+        yield Prediction.failed(path, f"{path}: no frames could be decoded")
 
 
 def count_frames(source: Any, every: int = 1) -> int | None:
@@ -198,7 +213,7 @@ def count_frames(source: Any, every: int = 1) -> int | None:
         path = Path(source)
         if path.is_dir():
             files = iter_files(path)
-            return sum(count_frames(f, every) or 1 for f in files)
+            return sum(count_frames(f, every) or 1 for f in files) or 1  # or the error record
         if path.suffix.lower() in VIDEO_SUFFIXES:
             import cv2
 
@@ -248,6 +263,8 @@ class Predictor:
             model = load_model()
         self.model = model
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         if tta is not None:
             check_tta(tta)  # refused before any file is read
@@ -258,13 +275,17 @@ class Predictor:
     def __call__(self, source: Any, every: int = 1, smooth: float = 0.0) -> Iterator[Prediction]:
         """Yield a Prediction per image or frame of ``source`` (path, folder, video, array,
         or a list of these). ``every``: keep every k-th video frame. ``smooth`` in [0, 1):
-        exponential smoothing of each face's probabilities across video frames."""
+        exponential smoothing of each face's probabilities across video frames.
+        Bad arguments raise here, at the call, before any file is read."""
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if not 0 <= smooth < 1:
             raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+        return self._run(source, every, smooth)
+
+    def _run(self, source: Any, every: int, smooth: float) -> Iterator[Prediction]:
         pending: list[tuple[Prediction, list[Box], np.ndarray]] = []
-        n_faces = 0
+        n_faces = held = 0
         previous: dict[str, list[Face]] = {}
         for pred in _frames(source, every):
             boxes: list[Box] = []
@@ -274,10 +295,16 @@ class Predictor:
                 crops = crop_faces(pred.image, boxes, self.margin)
             pending.append((pred, boxes, crops))
             n_faces += len(boxes)
-            # frames without faces count too, so a faceless video cannot pile up in memory
-            if n_faces >= self.batch_size or len(pending) >= self.batch_size:
+            held += pred.image.nbytes
+            # pending images are held until their batch is classified: bound faces, frames
+            # (a faceless video) and bytes (64 photos of 12 MP would be 2.3 GB)
+            if (
+                n_faces >= self.batch_size
+                or len(pending) >= self.batch_size
+                or held >= MAX_PENDING_BYTES
+            ):
                 yield from self._flush(pending, smooth, previous)
-                pending, n_faces = [], 0
+                pending, n_faces, held = [], 0, 0
         yield from self._flush(pending, smooth, previous)
 
     def _flush(

@@ -26,8 +26,9 @@ def predict(
     detector: Annotated[str, typer.Option(help="Face detector (haar, ...) or none")] = "haar",
     no_detect: Annotated[bool, typer.Option("--no-detect", help="Inputs are face crops")] = False,
     format: Annotated[
-        str, typer.Option(help="json, csv or md (comma-separated with --out)")
-    ] = "json",
+        str | None,
+        typer.Option(help="json, csv or md; with --out a list [default: json, or json,csv,md]"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write predictions, annotated images/videos here")
     ] = None,
@@ -37,11 +38,16 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
-    from ..outputs import render, write_predictions
+    from ..outputs import FORMATS, render, write_predictions
     from ..predict import Predictor, count_frames
 
+    formats = [f.strip() for f in (format or ("json,csv,md" if out else "json")).split(",")]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"--format: unknown {', '.join(bad)}; expected json, csv or md")
+    if len(formats) > 1 and out is None:
+        raise ValueError(f"--format {format}: several formats need --out (stdout takes one)")
     predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
-    formats = [f.strip() for f in format.split(",")]
     stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
     if out is not None:
         records, files = write_predictions(stream, out, formats)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from ..data import EMOTIONS
+from ..predict import pil_to_rgb
 
 # formats a browser or camera produces (JPEG covers MPO), never EPS (Ghostscript) or other
 # exotic decoders; init() registers them all, and the list keeps those this Pillow has
@@ -72,7 +73,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
                 f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}",
             )
         try:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            return pil_to_rgb(im)
         except (OSError, SyntaxError, ValueError) as e:
             raise ApiError(422, f"corrupt {im.format} image ({e})") from None
 
