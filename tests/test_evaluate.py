@@ -28,6 +28,15 @@ def test_metrics_against_hand_computed_values():
     np.testing.assert_allclose(m.normalized_confusion()[0, [0, 3]], [2 / 3, 1 / 3])
 
 
+def test_macro_f1_counts_classes_that_are_only_predicted():
+    from sklearn.metrics import f1_score
+
+    y_true, y_pred = np.array([0, 0, 1]), np.array([0, 2, 1])  # disgust, never true, predicted
+    m = Metrics.from_predictions(y_true, y_pred)
+    assert m.macro_f1 == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert m.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+
+
 def test_metrics_outputs(tmp_path):
     m = Metrics.from_predictions(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 2]), loss=0.5)
     written = m.save(tmp_path, ("json", "csv", "md"), title="t")
@@ -139,3 +148,27 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "y.pt")
     with pytest.raises(ValueError, match="needs model_name, model, preprocess"):
         load_checkpoint(tmp_path / "y.pt")
+
+
+def test_evaluate_split_scores_a_model_on_its_own_held_out_faces(real_csv, tmp_path):
+    """A model trained on a stratified split (seed 3) is evaluated on that split's val faces,
+    not on seed 0's, most of which it trained on; other data gets the official split."""
+    from ferlab.evaluate import evaluate_probs, evaluate_split, load_split
+    from ferlab.transforms import preprocess_spec
+
+    trained = {"data": str(real_csv), "split": "stratified", "seed": 3}
+    clf = Classifier(
+        create_model("vggnet_s", widths=[4, 8, 8, 8]),
+        preprocess_spec("minmax"),
+        meta={"config": trained},
+    )
+    own = load_split(str(real_csv), "val", "stratified", seed=3)
+    assert not np.array_equal(own.images, load_split(str(real_csv), "val", "stratified").images)
+    got = evaluate_split(clf, str(real_csv), "val")
+    want = evaluate_probs(clf.predict_proba(own.images), own.labels)
+    assert got.support == want.support and got.confusion == want.confusion
+    assert sum(got.support) == 70  # 10% of 700 rows
+    assert sum(evaluate_split(clf, str(real_csv), "val", split_mode="official").support) == 140
+    copy = tmp_path / "other.csv"
+    copy.write_bytes(real_csv.read_bytes())
+    assert sum(evaluate_split(clf, str(copy), "PublicTest").support) == 140

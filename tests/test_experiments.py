@@ -193,6 +193,16 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     assert (root / "report.md").is_file() and (root / "plots" / "curves.png").is_file()
     assert "at most 2 epoch(s) per trial" in (root / "report.md").read_text()
     assert "runs per variant: a 1, b 1." in (root / "report.md").read_text()
+    # a trial killed after its last checkpoint resumes only under the recipe it began with
+    (root / "a" / "seed0" / "result.json").unlink()
+    args = ["experiment", str(suite), "--repeats", "1", "--out", str(tmp_path / "x")]
+    r = CliRunner().invoke(app, [*args, "--epochs", "3"])
+    assert r.exit_code == 1
+    assert "a/seed0: ValueError: " in r.output and "was started with other epochs" in r.output
+    assert not (root / "a" / "seed0" / "result.json").exists()
+    r = CliRunner().invoke(app, [*args, "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((root / "a" / "seed0" / "result.json").read_text())["config"]["epochs"] == 2
     # the same report, written elsewhere (e.g. docs/) with the suite's notes and baseline
     doc = tmp_path / "doc"
     r = CliRunner().invoke(app, ["report", str(root), "--suite", str(suite), "--out", str(doc)])

@@ -158,12 +158,23 @@ def test_config_yaml_and_overrides(tmp_path):
     cfg = TrainConfig.from_yaml(path, batch_size=8)
     assert (cfg.model, cfg.lr, cfg.betas, cfg.batch_size) == ("vggnet", 0.01, (0.8, 0.99), 8)
     assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
-    path.write_text("lr: fast\n")
-    with pytest.raises(ValueError, match="config lr: expected a number, got 'fast'"):
-        TrainConfig.from_yaml(path)
-    path.write_text("modle: vggnet\n")
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['modle'\]"):
-        TrainConfig.from_yaml(path)
+    path.write_text("epochs: 1e2\nbatch_size: 64.0\nearly_stopping: '3'\nname: 2024\n")
+    cfg = TrainConfig.from_yaml(path)  # YAML 1.1's readings of numbers, taken as meant
+    assert (cfg.epochs, cfg.batch_size, cfg.early_stopping, cfg.name) == (100, 64, 3, "2024")
+    for text, message in [
+        ("lr: fast", "config lr: expected a number, got 'fast'"),
+        ("modle: vggnet", r"unknown config key\(s\) \['modle'\]"),
+        ("epochs: 2.5", "config epochs: expected a whole number, got 2.5"),
+        ("augment: 'no'", "config augment: expected bool, got 'no'"),  # a string is truthy
+        ("lr: true", "config lr: expected float, got True"),
+        ("model_kwargs: [1]", "config model_kwargs: expected dict, got \\[1\\]"),
+        ("focal_alpha: [1, 2]", "config focal_alpha: expected 7 weights"),
+        ("lr: [1", "not valid YAML"),
+    ]:
+        path.write_text(text + "\n")
+        with pytest.raises(ValueError, match=message) as e:
+            TrainConfig.from_yaml(path)
+        assert str(e.value).startswith(f"{path}: "), e.value  # the file is named
     assert parse_override("lr=1e-3") == ("lr", 1e-3)
     assert parse_override("epochs=5") == ("epochs", 5)
     assert parse_override("lr=1") == ("lr", 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +80,11 @@ class TrainConfig:
             )
         hints = typing.get_type_hints(cls)
         for key, value in values.items():
-            # YAML 1.1 reads "1e-4" as a string and "5" for a float field as an int
-            if hints[key] is float and isinstance(value, str | int) and not isinstance(value, bool):
-                try:
-                    values[key] = float(value)
-                except ValueError:
-                    raise ValueError(f"config {key}: expected a number, got {value!r}") from None
+            values[key] = _typed(key, value, hints[key])
+        if values.get("focal_alpha") is not None and len(values["focal_alpha"]) != 7:
+            raise ValueError("config focal_alpha: expected 7 weights, one per class")
+        if "betas" in values and len(values["betas"]) != 2:
+            raise ValueError("config betas: expected 2 numbers")
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
         return cfg
@@ -93,12 +93,18 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
         values: dict[str, Any] = {}
         if path:
-            loaded = yaml.safe_load(Path(path).read_text())
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as e:
+                raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
             if loaded is not None and not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping of config keys")
             values.update(loaded or {})
         values.update(overrides)
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}" if path else str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -107,6 +113,34 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type, or a one-line error: a wrong type would otherwise fail
+    hours into a run (``early_stopping: "3"``) or pass silently (``augment: "no"`` is true)."""
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    kind = typing.get_origin(hint) or hint
+    if kind in (typing.Union, types.UnionType):  # list[float] | None with a value
+        kind = typing.get_origin(typing.get_args(hint)[0]) or typing.get_args(hint)[0]
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"config {key}: expected {kind.__name__}, got {value!r}")
+    if kind in (int, float):
+        try:  # YAML 1.1 reads "1e-4" as a string, and 64.0 or 5 may stand for 64 or 5.0
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {key}: expected a number, got {value!r}") from None
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError(f"config {key}: expected a whole number, got {value!r}")
+            return int(number)
+        return number
+    if kind is str and isinstance(value, int | float):
+        return str(value)  # a run named 2024
+    expected = {tuple: list | tuple, list: list | tuple}.get(kind, kind)
+    if not isinstance(value, expected):
+        raise ValueError(f"config {key}: expected {kind.__name__}, got {value!r}")
+    return value
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -69,7 +69,9 @@ class Metrics:
 
         labels = list(range(len(EMOTIONS)))
         p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-        present = s > 0  # macro-F1 over the classes that occur, as sklearn's default would
+        # macro-F1 over the classes that occur as labels or predictions, as sklearn's default:
+        # a class that is only ever predicted wrongly counts with F1 0
+        present = np.isin(labels, np.union1d(y_true, y_pred))
         return cls(
             accuracy=float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
             macro_f1=float(np.mean(f[present])) if present.any() else 0.0,
@@ -185,26 +187,43 @@ def evaluate_split(
     classifier,
     data_path: str,
     split: str = "PublicTest",
-    split_mode: str = "official",
+    split_mode: str | None = None,
     tta: str | None = None,
-    seed: int = 0,
 ) -> Metrics:
     """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset.
 
-    ``tta=None`` keeps the model's own: none, or the one an ensemble was calibrated with.
+    ``split_mode=None``: on the data the model was trained on, the split it was trained with
+    (a stratified split's seed included, so its held-out faces stay held out); otherwise
+    ``official``. ``tta=None`` keeps the model's own: none, or an ensemble's calibrated one.
     """
-    part = load_split(data_path, split, split_mode, seed)
+    trained = (getattr(classifier, "meta", None) or {}).get("config") or {}
+    same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
+    if split_mode is None:
+        split_mode = trained.get("split", "official") if same_data else "official"
+    part = load_split(
+        data_path,
+        split,
+        split_mode,
+        seed=int(trained.get("seed", 0)) if same_data else 0,
+        ignore_unknown=bool(trained.get("ignore_unknown")) and same_data,
+    )
     return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
 
 
-def load_split(data_path: str, split: str, split_mode: str = "official", seed: int = 0):
+def load_split(
+    data_path: str,
+    split: str,
+    split_mode: str = "official",
+    seed: int = 0,
+    ignore_unknown: bool = False,
+):
     """The faces of one split, named as FER-2013 does (PublicTest) or generically (val)."""
     from .data import load_dataset, split_dataset
 
     key = SPLIT_ALIASES.get(split, split)
     if key not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
-    return split_dataset(load_dataset(data_path), split_mode, seed)[key]
+    return split_dataset(load_dataset(data_path, ignore_unknown), split_mode, seed)[key]
 
 
 def evaluate_probs(probs: np.ndarray, labels: np.ndarray) -> Metrics:

@@ -134,7 +134,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     from .classifier import load_model
     from .evaluate import evaluate_probs
     from .parts import load_splits
-    from .train import train
+    from .train import RUNTIME_KEYS, train
 
     if threads:
         torch.set_num_threads(threads)
@@ -142,6 +142,17 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     (run_dir / "error.json").unlink(missing_ok=True)
     try:
         if (run_dir / "last.pt").is_file():
+            # a resumed run keeps its saved recipe: refuse one the suite no longer asks for,
+            # or result.json would describe settings that were not trained
+            saved = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
+            changed = sorted(
+                k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and saved[k] != v
+            )
+            if changed:
+                raise ValueError(
+                    f"{run_dir}: was started with other {', '.join(changed)}; "
+                    "delete it to retrain, or restore the suite's settings"
+                )
             train(cfg, resume=run_dir)
         else:
             train(cfg)

@@ -132,8 +132,9 @@ def evaluate(
         str, typer.Option(help="Training, PublicTest, PrivateTest; or train/val/test")
     ] = "PublicTest",
     split_mode: Annotated[
-        str, typer.Option(help="official or stratified (for train/val/test)")
-    ] = "official",
+        str | None,
+        typer.Option(help="official or stratified [default: as trained, on its data]"),
+    ] = None,
     tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
@@ -245,11 +246,17 @@ def experiment(
     if out is not None:
         s.out = out
     chosen = [v.strip() for v in variants.split(",")] if variants else None
-    run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
+    trials = run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
     files = build_report(
         Path(s.out) / s.name, s.baseline_name, s.name, notes=s.notes, order=list(s.variants)
     )
     console.print(f"report: {files[0]}")
+    failed = [t for t in trials if t.failed]
+    for t in failed:
+        error = json.loads((t.run_dir / "error.json").read_text())["error"]
+        err.print(f"[red]error:[/red] {t.variant}/seed{t.seed}: {error}", highlight=False)
+    if failed:  # the report is written, but a script must see that trials are missing
+        raise typer.Exit(1)
 
 
 @app.command()
