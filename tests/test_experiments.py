@@ -277,3 +277,16 @@ def test_val_loss_plots_compare_only_the_variable_they_name(tmp_path):
     files = build_report(tmp_path, baseline="optimal")
     names = {f.name for f in files}
     assert "val_loss_lr.png" in names and "val_loss_batch_size.png" not in names
+
+
+def test_suite_refuses_keys_that_each_trial_sets(tmp_path, tiny_csv):
+    with pytest.raises(ValueError, match=r"suite\.yaml: base: seed cannot be set in a suite"):
+        _suite_with(tmp_path, {"seed": 42})
+    with pytest.raises(ValueError, match=r"suite\.yaml: b: name, out cannot be set"):
+        write_suite(tmp_path, tiny_csv, {"a": {}, "b": {"out": "x", "name": "y"}})
+
+
+def _suite_with(tmp_path, base):
+    path = tmp_path / "suite.yaml"
+    path.write_text(json.dumps({"name": "s", "base": base, "variants": {"a": {}}}))
+    return Suite.from_yaml(path)

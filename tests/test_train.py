@@ -88,6 +88,23 @@ def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypa
             assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
+def test_resume_finishes_a_best_pt_copy_cut_short(real_csv, tmp_path, monkeypatch):
+    """Killed after last.pt was written but before it was copied to best.pt."""
+    train_module = sys.modules["ferlab.train"]
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "copy_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):  # epoch 1 always improves: its copy is cut
+        train(_cfg(real_csv, tmp_path, name="cut", epochs=1))
+    run = tmp_path / "runs" / "cut"
+    assert (run / "last.pt").is_file() and not (run / "best.pt").exists()
+    monkeypatch.undo()
+    train(TrainConfig(), resume=run)
+    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
+
+
 def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
     a = train(_cfg(tiny_csv, tmp_path, name="a", epochs=2, batch_size=16))
     b = train(_cfg(tiny_csv, tmp_path, name="b", epochs=2, batch_size=16))

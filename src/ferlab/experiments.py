@@ -70,10 +70,17 @@ class Suite:
             raw.get("out", "runs/experiments"),
             raw.get("notes", ""),
         )
-        suite.validate()
+        try:
+            suite.validate()
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         return suite
 
     def validate(self) -> None:
+        for where, values in [("base", self.base), *self.variants.items()]:
+            fixed = sorted({"seed", "out", "name"} & set(values))
+            if fixed:  # each trial sets them: seeds count from 0, runs go under the suite
+                raise ValueError(f"{where}: {', '.join(fixed)} cannot be set in a suite")
         if self.report_split not in ("test", "val"):
             raise ValueError(f"report_split must be test or val, got {self.report_split!r}")
         if self.baseline and self.baseline not in self.variants:

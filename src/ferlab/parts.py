@@ -131,7 +131,12 @@ def make_checkpoint(
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
         "state": dict(state),
         "metrics": {"val_acc": val_acc, "val_loss": val_loss},
-        "rng": {"torch": torch.get_rng_state(), "generator": parts.generator.get_state()},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "generator": parts.generator.get_state(),
+            # dropout on a GPU draws from CUDA's own generators
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        },
     }
 
 
@@ -146,4 +151,6 @@ def restore(ckpt: dict[str, Any], parts: Parts) -> dict[str, Any]:
         parts.scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     parts.generator.set_state(ckpt["rng"]["generator"])
+    if ckpt["rng"].get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     return ckpt["state"]

@@ -175,6 +175,9 @@ def _fit(
         # rows written after the checkpoint (killed in between) are dropped and redone
         rows = [r for r in read_history(run_dir) if int(r["epoch"]) <= state["epoch"] + 1]
         log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 2)
+        if d.main and state["best_epoch"] == state["epoch"]:
+            # killed between writing last.pt and copying it to best.pt: finish the copy
+            copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
     elif d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", cfg.to_yaml().encode())
