@@ -103,7 +103,8 @@ def test_top_k_and_no_detect_on_a_face_crop(client, photos):
         (t["probability"] for t in top), reverse=True
     )
     assert top[0]["emotion"] == max(face["emotions"], key=face["emotions"].get)
-    assert "top" not in post(client, "face.png", photos["face.png"]).json().get("faces", [{}])[0]
+    plain = post(client, "face.png", photos["face.png"], no_detect="true")
+    assert plain.status_code == 200 and "top" not in plain.json()["faces"][0]
 
 
 def test_json_base64_and_data_url(client, photos):
@@ -325,6 +326,14 @@ def test_not_an_image_or_corrupt(client, photos):
     assert "empty" in error(post(client, "empty.png", b""), 422)
     assert "base64" in error(client.post("/v1/predict", json={"image": "not base64!"}), 422)
     assert "no image" in error(client.post("/v1/predict", json={"picture": "x"}), 422)
+    # the message names the field this kind of request needs, and a batch's bad item
+    r = client.post("/v1/predict", files={"image": ("a.png", png)})
+    assert error(r, 422) == "no image in the request: expected a 'file' field"
+    good = base64.b64encode(png).decode()
+    r = client.post("/v1/predict/batch", json={"images": [good, "not base64!"]})
+    assert error(r, 422) == "images[1]: image is not valid base64"
+    r = client.post("/v1/predict", json={"image": good, "top-k": 3})
+    assert "unknown option ['top-k']" in error(r, 422)
     r = client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
     assert "not valid JSON" in error(r, 400)
 

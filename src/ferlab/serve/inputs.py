@@ -116,7 +116,8 @@ async def read_upload(request: Request, batch: bool, limit: int, max_images: int
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {declared} bytes, over the limit of {limit}")
     ctype = request.headers.get("content-type", "").lower()
-    if ctype.startswith("multipart/form-data"):
+    multipart = ctype.startswith("multipart/form-data")
+    if multipart:
         upload = await _read_multipart(request, batch, limit, max_images)
     elif ctype.startswith("application/json"):
         upload = await _read_json(request, batch, limit)
@@ -127,8 +128,8 @@ async def read_upload(request: Request, batch: bool, limit: int, max_images: int
             'with {"image": "<base64>"} (batch: {"images": [...]})',
         )
     if not upload.images:
-        field = ("files' or 'images" if batch else "file' or 'image") + "'"
-        raise ApiError(422, f"no image in the request: expected '{field}")
+        field = ("file" if multipart else "image") + ("s" if batch else "")
+        raise ApiError(422, f"no image in the request: expected a '{field}' field")
     most = max_images if batch else 1
     if len(upload.images) > most:
         raise ApiError(
@@ -169,7 +170,15 @@ async def _read_json(request: Request, batch: bool, limit: int) -> Upload:
     items = (doc.pop("images", None) or []) if batch else [doc.pop("image", None)]
     if not isinstance(items, list):
         raise ApiError(422, '"images" must be a list of base64 strings')
-    return Upload([(None, decode_base64(s)) for s in items if s is not None], doc)
+    images: list[tuple[str | None, bytes]] = []
+    for i, item in enumerate(items):
+        if item is None:
+            continue
+        try:
+            images.append((None, decode_base64(item)))
+        except ApiError as e:  # which of the batch's images, not just that one is bad
+            raise ApiError(e.status, f"images[{i}]: {e.message}" if batch else e.message) from None
+    return Upload(images, doc)
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,9 @@ def _as_bool(value: Any, name: str) -> bool:
 
 def parse_options(values: Mapping[str, Any], default: str, available: list[str]) -> Options:
     """Validate ``detector``, ``no_detect`` and ``top_k`` from query parameters or the body."""
+    unknown = sorted(set(values) - {"detector", "no_detect", "top_k"})
+    if unknown:  # a misspelt option (top-k) must not be ignored silently
+        raise ApiError(422, f"unknown option {unknown}; expected detector, no_detect, top_k")
     detector = str(values.get("detector") or default)
     if _as_bool(values.get("no_detect", False), "no_detect"):
         detector = "none"
