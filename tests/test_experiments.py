@@ -104,6 +104,12 @@ def test_markdown_numbers_match_csv(tmp_path):
     assert f"{mean_acc:.2%}" in md
     row = next(line for line in md.splitlines() if line.startswith("| f1 | Mean |"))
     assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == f"{mean_f1:.4f}"
+    broken = tmp_path / "b" / "seed0" / "result.json"
+    broken.parent.mkdir(parents=True)
+    for text in ("{", '{"seed": 0}'):
+        broken.write_text(text)
+        with pytest.raises(ValueError, match=f"{broken}: not a trial result"):
+            build_report(tmp_path)
 
 
 def test_trials_run_seed_major_with_per_variant_repeats(tmp_path):

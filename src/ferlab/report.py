@@ -44,7 +44,11 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
     root = Path(root)
     results, failures = [], []
     for path in sorted(root.rglob("result.json")):
-        r = json.loads(path.read_text())
+        try:
+            r = json.loads(path.read_text())
+            r["metrics"]["per_class"]  # a KeyError here names what is missing
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a trial result ({type(e).__name__}: {e})") from None
         variant = r.get("variant") or path.parent.parent.name
         results.append(
             TrialResult(
