@@ -285,6 +285,11 @@ def test_same_names_in_two_folders_keep_every_output(tiny_model, tmp_path, astro
         assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
         cap.release()
     assert len(records) == 2 * (3 + 1) + 1
+    _, files = write_predictions(Predictor(tiny_model)([astronaut, astronaut]), tmp_path / "arr")
+    assert sorted(f.name for f in files if f.parent.name == "annotated") == [
+        "array.jpg",
+        "array_2.jpg",
+    ]
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):

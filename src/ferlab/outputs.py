@@ -121,21 +121,23 @@ class VideoSink:
 
 class OutputNames:
     """One output name per input, unique within a run: ``a/x.jpg`` and ``b/x.jpg`` give ``x``
-    and ``x_2``, and a real ``x_2.jpg`` after them gets ``x_2_2``, never a name in use."""
+    and ``x_2``, a real ``x_2.jpg`` after them ``x_2_2``; each array gets its own ``array_N``."""
 
     def __init__(self):
         self.given: dict[str, str] = {}
+        self.taken: set[str] = set()
 
     def __call__(self, path: str | None) -> str:
-        key = path or "array"
-        if key not in self.given:
-            stem = Path(path).stem if path else "array"
-            name, k = stem, 2
-            taken = set(self.given.values())
-            while name in taken:
-                name, k = f"{stem}_{k}", k + 1
-            self.given[key] = name
-        return self.given[key]
+        if path in self.given:
+            return self.given[path]
+        stem = Path(path).stem if path else "array"
+        name, k = stem, 2
+        while name in self.taken:
+            name, k = f"{stem}_{k}", k + 1
+        self.taken.add(name)
+        if path:
+            self.given[path] = name
+        return name
 
 
 def write_text(path: Path, text: str) -> Path:
