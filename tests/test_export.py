@@ -61,6 +61,19 @@ def make_classifier(
     return Classifier(model, spec, EMOTIONS, name=name, meta=meta)
 
 
+def save_small_checkpoint(path: Path, model: nn.Module, **extra) -> None:
+    """A training checkpoint of a ``SMALL`` vggnet_s, as ``ferlab train`` writes one."""
+    ckpt = {
+        "model_name": "vggnet_s",
+        "model_kwargs": SMALL,
+        "classes": list(EMOTIONS),
+        "preprocess": preprocess_spec("minmax"),
+        "model": model.state_dict(),
+        **extra,
+    }
+    save_checkpoint(ckpt, path)
+
+
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
@@ -251,16 +264,12 @@ def test_safetensors_errors(tmp_path):
 def test_checkpoint_to_both_exports(ort, tmp_path: Path):
     """A training checkpoint's model_kwargs survive load_model into both export formats."""
     model = create_model("vggnet_s", **SMALL).eval()
-    ckpt = {
-        "model_name": "vggnet_s",
-        "model_kwargs": SMALL,
-        "classes": list(EMOTIONS),
-        "preprocess": preprocess_spec("minmax"),
-        "model": model.state_dict(),
-        "config": {"model": "vggnet_s", "model_kwargs": SMALL},
-        "metrics": {"val_acc": 0.61},
-    }
-    save_checkpoint(ckpt, tmp_path / "best.pt")
+    save_small_checkpoint(
+        tmp_path / "best.pt",
+        model,
+        config={"model": "vggnet_s", "model_kwargs": SMALL},
+        metrics={"val_acc": 0.61},
+    )
     clf = load_model(tmp_path / "best.pt")
     faces = np.random.default_rng(1).integers(0, 256, (16, 48, 48), dtype=np.uint8)
     onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx"))
@@ -279,14 +288,7 @@ def test_load_model_honours_device_for_every_format(tmp_path: Path):
         model, preprocess_spec("minmax"), name="vggnet_s", meta={"model_kwargs": SMALL}
     )
     _, info = export_safetensors(clf, tmp_path / "m")
-    ckpt = {
-        "model_name": "vggnet_s",
-        "model_kwargs": SMALL,
-        "classes": list(EMOTIONS),
-        "preprocess": preprocess_spec("minmax"),
-        "model": model.state_dict(),
-    }
-    save_checkpoint(ckpt, tmp_path / "best.pt")
+    save_small_checkpoint(tmp_path / "best.pt", model)
     for path in (info, info.with_suffix(".safetensors"), tmp_path / "best.pt"):
         got = load_model(path, device="meta")
         assert {p.device.type for p in got.model.parameters()} == {"meta"}, path
