@@ -294,6 +294,8 @@ def test_load_model_honours_device_for_every_format(tmp_path: Path):
         assert {p.device.type for p in got.model.parameters()} == {"meta"}, path
     with pytest.raises(ValueError, match="device meta: ONNX models run on the CPU here"):
         load_model(info, device="meta", runtime="onnx")
+    with pytest.raises(ValueError, match="device meta: ONNX models run on the CPU here"):
+        load_model("fast", device="meta")  # a shipped name whose file is .onnx
 
 
 def test_int8_onnx_keeps_metadata_and_mostly_the_top_class(faces, ort, tmp_path):

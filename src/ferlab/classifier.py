@@ -100,12 +100,12 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
     if path is None:
         path = "default"
-    if (runtime == "onnx" or str(path).endswith(".onnx")) and torch.device(device).type != "cpu":
-        raise ValueError(f"device {device}: ONNX models run on the CPU here; use runtime torch")
     if isinstance(path, str) and path in shipped_models():
         # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
         json_path = WEIGHTS / f"{path}.json"
         path = json_path if json_path.is_file() else WEIGHTS / f"{path}.onnx"
+    if (runtime == "onnx" or str(path).endswith(".onnx")) and torch.device(device).type != "cpu":
+        raise ValueError(f"device {device}: ONNX models run on the CPU here; use runtime torch")
     if runtime == "onnx" and not str(path).endswith(".onnx"):
         model = load_model(path, device)
         if hasattr(model, "members"):  # an ensemble: each member on ONNX Runtime

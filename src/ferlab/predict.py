@@ -121,7 +121,8 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         x = np.asarray(im, dtype=np.float64).clip(0)
-        top = 255.0 if x.max() <= 255 else 65535.0 if x.max() <= 65535 else float(x.max())
+        peak = float(x.max())
+        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
         gray = np.round(x * (255.0 / top)).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     return np.asarray(im.convert("RGB"))
@@ -266,8 +267,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        if tta is not None:
-            check_tta(tta)  # refused before any file is read
+        check_tta(tta)  # refused before any file is read; None stays the model's own
         self.tta = tta
         # ready-made crops are used as they are; detected boxes get FER-2013's margin
         self.margin = 0.0 if self.detector.name == "none" else MARGIN
