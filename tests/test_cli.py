@@ -164,3 +164,19 @@ def test_demo_is_the_readme_main_job(tmp_path):
     saved = json.loads((tmp_path / "demo" / "predictions.json").read_text())
     assert saved[0]["faces"][0]["box"] == [177, 66, 95, 95]
     assert (tmp_path / "demo" / "annotated" / "astronaut.jpg").is_file()
+
+
+def test_serve_with_a_missing_model_exits_at_once(tmp_path):
+    r = run_ferlab("serve", "--model", str(tmp_path / "missing.pt"), "--port", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"model {tmp_path / 'missing.pt'}: no such file" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "fmt, message",
+    [("json,xml", "unknown format xml; expected json, csv or md"), ("json,csv", "need --out")],
+)
+def test_evaluate_checks_formats_before_the_model_loads(fmt, message):
+    # the model does not exist: a format error proves the check comes first
+    r = run_ferlab("evaluate", "no-such-model.pt", "--format", fmt)
+    assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -172,3 +172,14 @@ def test_evaluate_split_scores_a_model_on_its_own_held_out_faces(real_csv, tmp_p
     copy = tmp_path / "other.csv"
     copy.write_bytes(real_csv.read_bytes())
     assert sum(evaluate_split(clf, str(copy), "PublicTest").support) == 140
+
+
+def test_an_empty_split_is_named(tiny_model, tmp_path):
+    from conftest import synthetic_rows, write_csv
+    from ferlab.evaluate import evaluate_split
+
+    rows = [r for r in synthetic_rows() if r[2] != "PrivateTest"]
+    data = write_csv(tmp_path / "no-private.csv", rows)
+    with pytest.raises(ValueError, match=r"no-private.csv: split 'PrivateTest' .* holds no faces"):
+        evaluate_split(tiny_model, str(data), "PrivateTest")
+    assert evaluate_split(tiny_model, str(data), "PublicTest").support == [2] * 7

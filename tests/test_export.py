@@ -328,3 +328,25 @@ def test_cli_exports_int8_calibrated_on_training_faces(ort, tiny_csv, tmp_path, 
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert load_onnx(out).meta["quantization"].startswith("int8")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "safetensors", "--int8"], "--int8 applies to --format onnx"),
+        (["--info", "facts.yaml"], "--info applies to --format safetensors"),
+        (["--data", "faces.csv"], "--data is the --int8 calibration set"),
+        (["--format", "tflite"], "unknown 'tflite'"),
+    ],
+)
+def test_cli_export_refuses_options_its_format_ignores(tmp_path, extra, message):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    clf = make_classifier(np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8))
+    _, meta = export_safetensors(clf, tmp_path / "m", fp16=False)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["export", str(meta), "--out", str(out), *extra])
+    assert r.exit_code != 0 and message in str(r.exception), (r.output, r.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]

@@ -155,7 +155,7 @@ def test_ready_only_once_the_model_is_loaded(tiny_model, monkeypatch):
         return tiny_model
 
     monkeypatch.setattr(service, "load_for_serving", slow_load)
-    with TestClient(create_app("some-model")) as c:
+    with TestClient(create_app("default")) as c:
         assert c.get("/healthz").status_code == 200
         assert "loading" in error(c.get("/readyz"), 503)
         assert "loading" in error(c.post("/v1/predict", json={"image": ""}), 503)
@@ -166,13 +166,38 @@ def test_ready_only_once_the_model_is_loaded(tiny_model, monkeypatch):
 
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
-    with TestClient(create_app(tmp_path / "missing.pt")) as c:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with TestClient(create_app(broken)) as c:
         for _ in range(100):
             if "failed" in c.get("/readyz").text:
                 break
             time.sleep(0.05)
-        assert "missing.pt" in error(c.get("/readyz"), 503)
+        assert "broken.pt" in error(c.get("/readyz"), 503)
         assert c.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"model": "missing.pt"}, "model missing.pt: no such file"),
+        ({"model": "default", "runtime": "tensorrt"}, "--runtime: unknown 'tensorrt'"),
+        ({"detector": "yolo"}, "detector 'yolo' is not available"),
+    ],
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_refuses_settings_that_cannot_work_before_it_starts(
+    settings, message, workers, monkeypatch
+):
+    import uvicorn
+
+    from ferlab.serve import serve
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(a))
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        serve(workers=workers, **settings)
+    assert started == []
 
 
 def wait_ready(client, seconds: float = 30) -> None:

@@ -86,6 +86,17 @@ def shipped_models() -> list[str]:
     return sorted({p.stem for p in WEIGHTS.glob("*") if p.suffix in (".json", ".onnx")})
 
 
+def model_file(path: str | Path | None = None) -> Path:
+    """The file or run directory that :func:`load_model` reads, a shipped name resolved."""
+    if path is None:
+        path = "default"
+    if isinstance(path, str) and path in shipped_models():
+        # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
+        json_path = WEIGHTS / f"{path}.json"
+        return json_path if json_path.is_file() else WEIGHTS / f"{path}.onnx"
+    return Path(path)
+
+
 def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str = "torch"):
     """Load a model as an object with ``predict_proba(faces) -> (N, 7)``.
 
@@ -98,12 +109,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
     """
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
-    if path is None:
-        path = "default"
-    if isinstance(path, str) and path in shipped_models():
-        # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
-        json_path = WEIGHTS / f"{path}.json"
-        path = json_path if json_path.is_file() else WEIGHTS / f"{path}.onnx"
+    path = model_file(path)
     if (runtime == "onnx" or str(path).endswith(".onnx")) and torch.device(device).type != "cpu":
         raise ValueError(f"device {device}: ONNX models run on the CPU here; use runtime torch")
     if runtime == "onnx" and not str(path).endswith(".onnx"):
@@ -112,7 +118,6 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
             model.members = [_on_onnx(m) for m in model.members]
             return model
         return _on_onnx(model)
-    path = Path(path)
     if path.suffix == ".onnx":
         from .onnx_model import load_onnx
 

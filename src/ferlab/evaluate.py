@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import EMOTIONS, atomic_write_bytes
+from .outputs import check_formats
 from .transforms import check_tta, to_input, tta_views
 
 
@@ -159,16 +160,15 @@ class Metrics:
         from .plots import confusion_figure, save_figure
 
         out = Path(out_dir)
+        check_formats(formats)  # before the first file: all of them or none
         written = []
         for fmt in formats:
             if fmt == "json":
                 text = json.dumps(self.to_dict(), indent=2)
             elif fmt == "csv":
                 text = self.to_csv()
-            elif fmt == "md":
-                text = self.to_markdown(title)
             else:
-                raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
+                text = self.to_markdown(title)
             atomic_write_bytes(out / f"metrics.{fmt}", text.encode())
             written.append(out / f"metrics.{fmt}")
         written.append(save_figure(confusion_figure(self), out / "confusion.png"))
@@ -223,7 +223,10 @@ def load_split(
     key = SPLIT_ALIASES.get(split, split)
     if key not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
-    return split_dataset(load_dataset(data_path, ignore_unknown), split_mode, seed)[key]
+    part = split_dataset(load_dataset(data_path, ignore_unknown), split_mode, seed)[key]
+    if len(part) == 0:
+        raise ValueError(f"{data_path}: split {split!r} ({split_mode} split) holds no faces")
+    return part
 
 
 def evaluate_probs(probs: np.ndarray, labels: np.ndarray) -> Metrics:

@@ -79,9 +79,15 @@ def to_markdown(records: Sequence[dict[str, Any]]) -> str:
 FORMATS = {"json": to_json, "csv": to_csv, "md": to_markdown}
 
 
+def check_formats(formats: Sequence[str]) -> None:
+    """Refuse unknown formats before any input is read: a typo must not cost a long run."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown format {', '.join(bad)}; expected json, csv or md")
+
+
 def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
+    check_formats([fmt])
     return FORMATS[fmt](records)
 
 
@@ -156,9 +162,7 @@ def write_predictions(
     from .plots import save_figure, timeline_figure
 
     out = Path(out_dir)
-    for fmt in formats:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}; expected json, csv or md")
+    check_formats(formats)
     records: list[dict[str, Any]] = []
     files: list[Path] = []
     sink = VideoSink()

@@ -144,11 +144,15 @@ def evaluate(
     """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on one split."""
     from ..classifier import load_model
     from ..evaluate import evaluate_split
+    from ..outputs import check_formats
 
+    formats = tuple(f.strip() for f in format.split(","))
+    check_formats(formats)
+    if len(formats) > 1 and out is None:
+        raise ValueError(f"--format {format}: several formats need --out (stdout takes one)")
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
     title = f"{model} on {split}" + (f" ({tta} TTA)" if tta not in (None, "none") else "")
-    formats = tuple(f.strip() for f in format.split(","))
     if out is not None:
         for path in metrics.save(out, formats, title=title):
             err.print(f"wrote {path}")
@@ -157,8 +161,6 @@ def evaluate(
         "csv": metrics.to_csv,
         "md": lambda: metrics.to_markdown(title),
     }
-    if formats[0] not in text:
-        raise ValueError(f"unknown format {formats[0]!r}; expected json, csv or md")
     print(text[formats[0]]())
 
 
@@ -197,20 +199,32 @@ def export(
     int8: Annotated[
         bool, typer.Option(help="ONNX: static int8 quantisation, calibrated on training faces")
     ] = False,
-    data: Annotated[str, typer.Option(help="Dataset for --int8 calibration")] = DEFAULT_DATA,
+    data: Annotated[
+        str | None, typer.Option(help=f"Dataset for --int8 calibration [default: {DEFAULT_DATA}]")
+    ] = None,
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
     from ..classifier import load_model
     from ..export import export_onnx, export_safetensors
 
+    # Refuse options this format ignores before the model loads: a silently dropped --int8
+    # would ship an fp32 file under a name that says otherwise.
+    if format not in ("onnx", "safetensors"):
+        raise ValueError(f"--format: unknown {format!r}; expected onnx or safetensors")
+    if int8 and format != "onnx":
+        raise ValueError("--int8 applies to --format onnx only")
+    if info is not None and format != "safetensors":
+        raise ValueError("--info applies to --format safetensors only")
+    if data is not None and not int8:
+        raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
     clf = load_model(model)
-    if format == "onnx" and int8:
+    if int8:
         from ..export import export_int8
 
-        console.print(f"wrote {export_int8(clf, out or Path('model.onnx'), data)}")
+        console.print(f"wrote {export_int8(clf, out or Path('model.onnx'), data or DEFAULT_DATA)}")
     elif format == "onnx":
         console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
-    elif format == "safetensors":
+    else:
         import yaml
 
         extra = yaml.safe_load(info.read_text()) if info else None
@@ -218,8 +232,6 @@ def export(
             "wrote "
             + ", ".join(map(str, export_safetensors(clf, out or Path("model"), extra=extra)))
         )
-    else:
-        raise ValueError(f"unknown format {format!r}; expected onnx or safetensors")
 
 
 @app.command()

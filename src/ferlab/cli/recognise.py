@@ -38,13 +38,11 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
-    from ..outputs import FORMATS, render, write_predictions
+    from ..outputs import check_formats, render, write_predictions
     from ..predict import Predictor, count_frames
 
     formats = [f.strip() for f in (format or ("json,csv,md" if out else "json")).split(",")]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise ValueError(f"--format: unknown {', '.join(bad)}; expected json, csv or md")
+    check_formats(formats)
     if len(formats) > 1 and out is None:
         raise ValueError(f"--format {format}: several formats need --out (stdout takes one)")
     predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)

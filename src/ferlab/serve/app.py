@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from ..predict import MAX_PIXELS, ProbaModel
 from .inputs import ApiError, parse_options, read_upload
 from .metrics import ObserveMiddleware, configure_access_log
-from .service import Service
+from .service import Service, check_detector, check_source
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -287,11 +287,15 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **setting
     """
     import uvicorn
 
-    configure_access_log()
     if workers <= 1:
-        app = create_app(**settings)
+        app = create_app(**settings)  # refuses settings that cannot work
+        configure_access_log()
         uvicorn.run(app, host=host, port=port, access_log=False)
         return
+    # the workers build the app; settings that cannot work must stop us here, not each worker
+    check_source(settings.get("model"), settings.get("runtime", "torch"))
+    check_detector(settings.get("detector", "haar"))
+    configure_access_log()
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
     os.environ[SETTINGS_ENV] = json.dumps({"workers": workers, "settings": settings})
     target = f"{__name__}:app_from_env"
