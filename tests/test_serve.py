@@ -458,3 +458,24 @@ def test_serve_command_passes_its_options(monkeypatch):
         "timeout_s": 30.0,
         "api_key": "from-env",
     }
+
+
+def test_each_worker_process_takes_its_share_of_the_cores(monkeypatch):
+    import os
+
+    import cv2
+    import torch
+
+    from ferlab.serve.app import SETTINGS_ENV, app_from_env
+
+    settings = {"workers": 2, "settings": {"model": "default", "detector": "none"}}
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps(settings))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        app = app_from_env()
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (4, 4)
+        assert app.state.service.source == "default" and app.state.service.detector == "none"
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])

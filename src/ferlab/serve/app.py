@@ -304,10 +304,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **setting
 
 def app_from_env() -> FastAPI:
     """The app of one uvicorn worker process, configured by :func:`serve` with workers > 1."""
+    import cv2
     import torch
 
     config = json.loads(os.environ[SETTINGS_ENV])
     # each worker gets its share of the cores, or N workers x all cores thrash each other
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config["workers"]))
+    # (torch's share also sizes ONNX Runtime sessions; OpenCV's detectors have their own pool)
+    share = max(1, (os.cpu_count() or 1) // config["workers"])
+    torch.set_num_threads(share)
+    cv2.setNumThreads(share)
     configure_access_log()
     return create_app(**config["settings"])
