@@ -12,11 +12,13 @@ from ferlab import cli
 runner = CliRunner()
 
 
-def run_ferlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_ferlab(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The real entry point, as a user runs it."""
     exe = shutil.which("ferlab")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "ferlab", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)
@@ -167,14 +169,16 @@ def test_demo_is_the_readme_main_job(tmp_path):
 
 
 def test_serve_with_a_missing_model_exits_at_once(tmp_path):
-    r = run_ferlab("serve", "--model", str(tmp_path / "missing.pt"), "--port", "0")
+    # a regression would start the server: the timeout ends the test, failed
+    r = run_ferlab("serve", "--model", str(tmp_path / "missing.pt"), "--port", "0", timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert f"model {tmp_path / 'missing.pt'}: no such file" in r.stderr
+    assert f"model {tmp_path / 'missing.pt'}: no such checkpoint" in r.stderr
+    assert "serving on" not in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(
     "fmt, message",
-    [("json,xml", "unknown format xml; expected json, csv or md"), ("json,csv", "need --out")],
+    [("json,xml", "unknown format 'xml'; expected json, csv or md"), ("json,csv", "need --out")],
 )
 def test_evaluate_checks_formats_before_the_model_loads(fmt, message):
     # the model does not exist: a format error proves the check comes first

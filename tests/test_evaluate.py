@@ -53,8 +53,9 @@ def test_metrics_outputs(tmp_path):
     md = (tmp_path / "metrics.md").read_text()
     assert "accuracy: **75.00%**" in md and "| happy | 0.0000 | 0.0000 | 0.0000 | 1 |" in md
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match="unknown format"):
-        m.save(tmp_path, ("xml",))
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        m.save(tmp_path / "again", ("json", "xml"))
+    assert not (tmp_path / "again").exists()  # all formats or none
 
 
 def test_evaluate_logits_loss():

@@ -193,7 +193,7 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
         "predictions.md",
     ]
     for args, message in [
-        (("--format", "xml"), "unknown format xml; expected json, csv or md"),
+        (("--format", "xml"), "unknown format 'xml'; expected json, csv or md"),
         (("--format", "csv,md"), "--format csv,md: several formats need --out (stdout takes one)"),
         (("--every", "0"), "every must be >= 1, got 0"),
     ]:

@@ -180,24 +180,36 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"model": "missing.pt"}, "model missing.pt: no such file"),
-        ({"model": "default", "runtime": "tensorrt"}, "--runtime: unknown 'tensorrt'"),
-        ({"detector": "yolo"}, "detector 'yolo' is not available"),
+        ({"model": "missing.pt"}, "model missing.pt: no such checkpoint"),
+        ({"model": "."}, r"model \.: no such checkpoint"),  # a folder without best.pt
+        ({"model": "default", "runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
+        ({"detector": "yolo"}, "unknown face detector 'yolo'"),
     ],
 )
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_refuses_settings_that_cannot_work_before_it_starts(
-    settings, message, workers, monkeypatch
+    settings, message, workers, monkeypatch, tmp_path
 ):
     import uvicorn
 
     from ferlab.serve import serve
 
+    monkeypatch.chdir(tmp_path)
     started = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(a))
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         serve(workers=workers, **settings)
     assert started == []
+
+
+def test_serve_with_workers_needs_a_model_it_can_name(tiny_model, monkeypatch):
+    import uvicorn
+
+    from ferlab.serve import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("the server started"))
+    with pytest.raises(ValueError, match="workers > 1 load the model themselves"):
+        serve(workers=2, model=tiny_model)
 
 
 def wait_ready(client, seconds: float = 30) -> None:
@@ -466,8 +478,11 @@ def test_each_worker_process_takes_its_share_of_the_cores(monkeypatch):
     import cv2
     import torch
 
+    from ferlab.serve import app as serve_app
     from ferlab.serve.app import SETTINGS_ENV, app_from_env
 
+    # the access log's handler would outlive this test and hide records from caplog in others
+    monkeypatch.setattr(serve_app, "configure_access_log", lambda: None)
     settings = {"workers": 2, "settings": {"model": "default", "detector": "none"}}
     monkeypatch.setenv(SETTINGS_ENV, json.dumps(settings))
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
@@ -476,6 +491,7 @@ def test_each_worker_process_takes_its_share_of_the_cores(monkeypatch):
         app = app_from_env()
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (4, 4)
         assert app.state.service.source == "default" and app.state.service.detector == "none"
+        app.state.service.close()
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])

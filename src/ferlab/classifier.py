@@ -94,7 +94,12 @@ def model_file(path: str | Path | None = None) -> Path:
         # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
         json_path = WEIGHTS / f"{path}.json"
         return json_path if json_path.is_file() else WEIGHTS / f"{path}.onnx"
-    return Path(path)
+    path = Path(path)
+    if path.is_dir():  # a run directory: its selected checkpoint
+        return path / "best.pt"
+    if path.suffix == ".safetensors":  # an export is described, and read, by its .json
+        return path.with_suffix(".json")
+    return path
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str = "torch"):
@@ -129,7 +134,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         if is_manifest(path):
             return load_ensemble(path, device)
 
-        return load_safetensors_model(path.with_suffix(".json"), device)
+        return load_safetensors_model(path, device)
     if not path.exists() and str(path) == "default":
         raise FileNotFoundError("no model ships with this install of ferlab (weights/ missing)")
     ckpt = load_checkpoint(path)

@@ -83,7 +83,7 @@ def check_formats(formats: Sequence[str]) -> None:
     """Refuse unknown formats before any input is read: a typo must not cost a long run."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
-        raise ValueError(f"unknown format {', '.join(bad)}; expected json, csv or md")
+        raise ValueError(f"unknown format {', '.join(map(repr, bad))}; expected json, csv or md")
 
 
 def render(records: Sequence[dict[str, Any]], fmt: str) -> str:

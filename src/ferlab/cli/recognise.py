@@ -137,7 +137,6 @@ def serve(
     """HTTP service and web page: POST /v1/predict, GET / (photo and webcam), /docs, /metrics."""
     from ..serve import serve as run_server
 
-    console.print(f"serving on http://{host}:{port}/ (API docs at /docs)")
     run_server(
         host=host,
         port=port,

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from ..predict import MAX_PIXELS, ProbaModel
 from .inputs import ApiError, parse_options, read_upload
 from .metrics import ObserveMiddleware, configure_access_log
-from .service import Service, check_detector, check_source
+from .service import Service, check_settings
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -287,19 +287,21 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **setting
     """
     import uvicorn
 
-    if workers <= 1:
-        app = create_app(**settings)  # refuses settings that cannot work
-        configure_access_log()
-        uvicorn.run(app, host=host, port=port, access_log=False)
-        return
-    # the workers build the app; settings that cannot work must stop us here, not each worker
-    check_source(settings.get("model"), settings.get("runtime", "torch"))
-    check_detector(settings.get("detector", "haar"))
+    if workers > 1:  # the workers build the app: what cannot work must stop us here, not each
+        if not isinstance(settings.get("model"), str | Path | None):
+            raise ValueError("serve: workers > 1 load the model themselves; pass a path or name")
+        check_settings(
+            **{k: settings[k] for k in ("model", "runtime", "detector") if k in settings}
+        )
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+        os.environ[SETTINGS_ENV] = json.dumps({"workers": workers, "settings": settings})
+        target: Any = f"{__name__}:app_from_env"
+        options: dict[str, Any] = {"factory": True, "workers": workers}
+    else:
+        target, options = create_app(**settings), {}  # create_app refuses what cannot work
     configure_access_log()
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
-    os.environ[SETTINGS_ENV] = json.dumps({"workers": workers, "settings": settings})
-    target = f"{__name__}:app_from_env"
-    uvicorn.run(target, factory=True, host=host, port=port, workers=workers, access_log=False)
+    log.info("serving on http://%s:%d/ (API docs at /docs)", host, port)
+    uvicorn.run(target, host=host, port=port, access_log=False, **options)
 
 
 def app_from_env() -> FastAPI:

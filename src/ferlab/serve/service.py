@@ -30,25 +30,23 @@ def load_for_serving(model: str | Path | None = None, runtime: str = "torch") ->
     return load_model(model, runtime=runtime)
 
 
-def check_source(model: str | Path | None, runtime: str) -> None:
-    """Fail at startup, not in the background load, when the model cannot exist: a server
-    that starts and then reports "not ready" forever hides a typo from whoever started it."""
+def check_settings(
+    model: str | Path | None = None, runtime: str = "torch", detector: str = "haar"
+) -> None:
+    """Fail at startup, not in the background load, on settings that cannot work: a server
+    that starts and then reports "not ready" forever hides a typo from whoever started it.
+    The defaults are :func:`~ferlab.serve.create_app`'s."""
     from ..classifier import model_file, shipped_models
 
     if runtime not in ("torch", "onnx"):
-        raise ValueError(f"--runtime: unknown {runtime!r}; expected torch or onnx")
+        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
     if not model_file(model).exists():
         names = ", ".join(shipped_models()) or "none installed"
         raise FileNotFoundError(
-            f"model {model or 'default'}: no such file or run directory, nor a shipped name "
-            f"({names})"
+            f"model {model or 'default'}: no such checkpoint, run directory, export or shipped "
+            f"name ({names})"
         )
-
-
-def check_detector(name: str) -> None:
-    if name not in available_detectors():
-        choices = ", ".join(available_detectors())
-        raise ValueError(f"detector {name!r} is not available; choose from {choices}")
+    create_detector(detector)  # unknown names and missing extras raise, with the fix
 
 
 @functools.cache
@@ -95,12 +93,10 @@ class Service:
         loaded = model is not None and not isinstance(model, str | Path)
         self.model: ProbaModel | None = model if loaded else None  # type: ignore[assignment]
         self.source: str | Path | None = None if loaded else model  # type: ignore[assignment]
-        if not loaded:
-            check_source(model, runtime)  # type: ignore[arg-type]
+        check_settings(None if loaded else model, runtime, detector)  # type: ignore[arg-type]
         self.runtime = runtime
         self.load_error: str | None = None
         self.detectors = list(available_detectors())
-        check_detector(detector)
         self.detector = detector
         self.max_bytes = int(max_upload_mb * 1024 * 1024)
         self.max_pixels = max_pixels
