@@ -495,3 +495,12 @@ def test_each_worker_process_takes_its_share_of_the_cores(monkeypatch):
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_a_loaded_model_needs_no_shipped_weights(tiny_model, tmp_path, monkeypatch):
+    from ferlab import classifier
+
+    monkeypatch.setattr(classifier, "WEIGHTS", tmp_path)  # an install without weights/
+    create_app(tiny_model).state.service.close()
+    with pytest.raises(FileNotFoundError, match=r"model default: .*\(none installed\)"):
+        create_app()

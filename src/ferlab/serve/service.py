@@ -31,16 +31,16 @@ def load_for_serving(model: str | Path | None = None, runtime: str = "torch") ->
 
 
 def check_settings(
-    model: str | Path | None = None, runtime: str = "torch", detector: str = "haar"
+    model: ProbaModel | str | Path | None = None, runtime: str = "torch", detector: str = "haar"
 ) -> None:
     """Fail at startup, not in the background load, on settings that cannot work: a server
     that starts and then reports "not ready" forever hides a typo from whoever started it.
-    The defaults are :func:`~ferlab.serve.create_app`'s."""
+    The defaults are :func:`~ferlab.serve.create_app`'s; a loaded model needs no check."""
     from ..classifier import model_file, shipped_models
 
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
-    if not model_file(model).exists():
+    if isinstance(model, str | Path | None) and not model_file(model).exists():
         names = ", ".join(shipped_models()) or "none installed"
         raise FileNotFoundError(
             f"model {model or 'default'}: no such checkpoint, run directory, export or shipped "
@@ -93,7 +93,7 @@ class Service:
         loaded = model is not None and not isinstance(model, str | Path)
         self.model: ProbaModel | None = model if loaded else None  # type: ignore[assignment]
         self.source: str | Path | None = None if loaded else model  # type: ignore[assignment]
-        check_settings(None if loaded else model, runtime, detector)  # type: ignore[arg-type]
+        check_settings(model, runtime, detector)
         self.runtime = runtime
         self.load_error: str | None = None
         self.detectors = list(available_detectors())
