@@ -86,6 +86,11 @@ def shipped_models() -> list[str]:
     return sorted({p.stem for p in WEIGHTS.glob("*") if p.suffix in (".json", ".onnx")})
 
 
+def check_runtime(runtime: str) -> None:
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
+
+
 def model_file(path: str | Path | None = None) -> Path:
     """The file or run directory that :func:`load_model` reads, a shipped name resolved."""
     if path is None:
@@ -112,8 +117,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
     ``runtime="onnx"`` exports a PyTorch model on the fly and runs it on ONNX Runtime (an
     ``.onnx`` file always runs there).
     """
-    if runtime not in ("torch", "onnx"):
-        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
+    check_runtime(runtime)
     path = model_file(path)
     if (runtime == "onnx" or str(path).endswith(".onnx")) and torch.device(device).type != "cpu":
         raise ValueError(f"device {device}: ONNX models run on the CPU here; use runtime torch")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,7 @@ class Metrics:
     def save(
         self,
         out_dir: str | Path,
-        formats: tuple[str, ...] = ("json", "csv", "md"),
+        formats: Sequence[str] = ("json", "csv", "md"),
         title: str = "Evaluation",
     ) -> list[Path]:
         """Write metrics.{json,csv,md} and confusion.png atomically under ``out_dir``."""

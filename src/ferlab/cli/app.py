@@ -22,6 +22,17 @@ console = Console()
 err = Console(stderr=True)
 
 
+def parse_formats(text: str, out: object) -> list[str]:
+    """``--format a,b``, checked before any work: known names, and one only for stdout."""
+    from ..outputs import check_formats
+
+    formats = [f.strip() for f in text.split(",")]
+    check_formats(formats)
+    if len(formats) > 1 and out is None:
+        raise ValueError(f"--format {text}: several formats need --out (stdout takes one)")
+    return formats
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import DEFAULT_DATA, TrainConfig, parse_override
 from ..data import EMOTIONS, USAGES
-from .app import TTA_HELP, app, console, err
+from .app import TTA_HELP, app, console, err, parse_formats
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -144,12 +144,8 @@ def evaluate(
     """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on one split."""
     from ..classifier import load_model
     from ..evaluate import evaluate_split
-    from ..outputs import check_formats
 
-    formats = tuple(f.strip() for f in format.split(","))
-    check_formats(formats)
-    if len(formats) > 1 and out is None:
-        raise ValueError(f"--format {format}: several formats need --out (stdout takes one)")
+    formats = parse_formats(format, out)
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
     title = f"{model} on {split}" + (f" ({tta} TTA)" if tta not in (None, "none") else "")

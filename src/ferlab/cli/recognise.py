@@ -11,7 +11,7 @@ from rich.box import SIMPLE
 from rich.table import Table
 
 from ..data import EMOTIONS
-from .app import TTA_HELP, app, console, err
+from .app import TTA_HELP, app, console, err, parse_formats
 
 
 @app.command()
@@ -38,13 +38,10 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
-    from ..outputs import check_formats, render, write_predictions
+    from ..outputs import render, write_predictions
     from ..predict import Predictor, count_frames
 
-    formats = [f.strip() for f in (format or ("json,csv,md" if out else "json")).split(",")]
-    check_formats(formats)
-    if len(formats) > 1 and out is None:
-        raise ValueError(f"--format {format}: several formats need --out (stdout takes one)")
+    formats = parse_formats(format or ("json,csv,md" if out else "json"), out)
     predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
     stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
     if out is not None:

@@ -36,10 +36,9 @@ def check_settings(
     """Fail at startup, not in the background load, on settings that cannot work: a server
     that starts and then reports "not ready" forever hides a typo from whoever started it.
     The defaults are :func:`~ferlab.serve.create_app`'s; a loaded model needs no check."""
-    from ..classifier import model_file, shipped_models
+    from ..classifier import check_runtime, model_file, shipped_models
 
-    if runtime not in ("torch", "onnx"):
-        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
+    check_runtime(runtime)
     if isinstance(model, str | Path | None) and not model_file(model).exists():
         names = ", ".join(shipped_models()) or "none installed"
         raise FileNotFoundError(
