@@ -75,10 +75,11 @@ def _record_writes_then_train(log_dir, cfg):
 
 
 def test_two_processes_match_one_and_only_rank0_writes(real_csv, tmp_path):
-    single = train(_cfg(real_csv, tmp_path, name="single"))
+    mix = dict(cutmix=1.0, mixup=0.4)  # drawn for the global batch, like the augmentation
+    single = train(_cfg(real_csv, tmp_path, name="single", **mix))
     logs = tmp_path / "logs"
     logs.mkdir()
-    launch(_record_writes_then_train, 2, logs, _cfg(real_csv, tmp_path, name="ddp"))
+    launch(_record_writes_then_train, 2, logs, _cfg(real_csv, tmp_path, name="ddp", **mix))
     ddp = tmp_path / "runs" / "ddp"
     assert not (logs / "rank1.log").exists()
     written = (logs / "rank0.log").read_text()

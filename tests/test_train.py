@@ -56,9 +56,12 @@ def test_one_epoch_on_real_rows_writes_the_run(real_csv, tmp_path):
     assert probs.shape == (3, 7)
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypatch, ema):
-    full = train(_cfg(real_csv, tmp_path, name="full", epochs=3, ema=ema))
+@pytest.mark.parametrize(
+    "extra", [{}, {"ema": 0.9}, {"mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.8}]
+)
+def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypatch, extra):
+    ema = extra.get("ema", 0.0)
+    full = train(_cfg(real_csv, tmp_path, name="full", epochs=3, **extra))
     train_module = sys.modules["ferlab.train"]
     real_epoch, calls = train_module.train_one_epoch, []
 
@@ -70,7 +73,7 @@ def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(real_csv, tmp_path, name="killed", epochs=3, ema=ema))
+        train(_cfg(real_csv, tmp_path, name="killed", epochs=3, **extra))
     assert len(_rows(tmp_path / "runs" / "killed")) == 2
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     with pytest.raises(ValueError, match=r"only .*threads.* may change"):
@@ -113,6 +116,16 @@ def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
     assert _rows(a) != _rows(c)
     with pytest.raises(FileExistsError):
         train(_cfg(tiny_csv, tmp_path, name="a", epochs=1))
+
+
+def test_mixing_changes_training_only_when_on(tiny_csv, tmp_path):
+    plain = train(_cfg(tiny_csv, tmp_path, name="plain", epochs=1, batch_size=16))
+    # off (prob 0) draws nothing from the generator: the run is the plain one, row for row
+    off = train(_cfg(tiny_csv, tmp_path, name="off", epochs=1, batch_size=16, mixup=1, mix_prob=0))
+    on = train(_cfg(tiny_csv, tmp_path, name="on", epochs=1, batch_size=16, cutmix=1.0))
+    assert _rows(off) == _rows(plain) and _rows(on) != _rows(plain)
+    with pytest.raises(ValueError, match="mix_prob is a probability"):
+        train(_cfg(tiny_csv, tmp_path, name="bad", epochs=1, mixup=0.2, mix_prob=2.0))
 
 
 def test_early_stopping_and_plateau(tiny_csv, tmp_path):
@@ -266,6 +279,27 @@ def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, 
         _cfg(real_csv, tmp_path, name="kd", teacher=str(teacher), distill_alpha=1.0, **kw)
     )
     assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(labels_only)
+
+
+def test_mixup_mixes_the_teachers_targets_like_the_faces(real_csv, tmp_path, monkeypatch):
+    train_module, seen = sys.modules["ferlab.train"], []
+    real = train_module.distill_loss
+
+    def one_hot_teacher(teacher, images, d=None):  # targets that show any blending
+        labels = load_splits(_cfg(real_csv, tmp_path))["train_y"]
+        return torch.nn.functional.one_hot(labels, 7).float()
+
+    def recording(logits, probs, T):
+        seen.append(probs.clone())
+        return real(logits, probs, T)
+
+    monkeypatch.setattr(train_module, "teacher_probs", one_hot_teacher)
+    monkeypatch.setattr(train_module, "distill_loss", recording)
+    train(_cfg(real_csv, tmp_path, name="kd-mix", teacher="t", epochs=1, mixup=0.4))
+    rows = torch.cat(seen)
+    torch.testing.assert_close(rows.sum(1), torch.ones(len(rows)))
+    assert int((rows > 0).sum(1).max()) == 2  # each a blend of two faces' targets
+    assert float(rows.max(1).values.min()) < 0.99
 
 
 CONFIGS = Path(__file__).parent.parent / "configs"

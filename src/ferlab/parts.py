@@ -15,6 +15,7 @@ from .config import TrainConfig
 from .data import EMOTIONS, load_dataset, split_dataset, stratified_subset
 from .ema import EMA
 from .losses import create_loss
+from .mix import Mix
 from .models import create_model
 from .optim import create_optimizer, create_scheduler
 from .transforms import Augment, preprocess_spec
@@ -64,6 +65,7 @@ class Parts:
     scheduler: Any
     loss_fn: nn.Module
     augment: Augment | None
+    mix: Mix | None  # mixup / CutMix, after the augmentation
     ema: EMA | None  # when on, the averaged copy is what is validated and saved
     spec: dict  # preprocessing, saved with the model
     generator: torch.Generator  # shuffling and augmentation; saved for exact resume
@@ -87,7 +89,7 @@ def build_parts(
     optimizer = create_optimizer(cfg, model)
     steps = steps_per_epoch(len(data["train_y"]), cfg.batch_size, d.world)
     loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
-    augment = None
+    augment, mix = None, Mix(cfg.mixup, cfg.cutmix, cfg.mix_prob)  # Mix checks its values
     if cfg.augment:
         augment = Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
     return Parts(
@@ -98,6 +100,7 @@ def build_parts(
         create_scheduler(cfg, optimizer, steps),
         loss_fn.to(device),
         augment,
+        mix if cfg.augment and mix.active else None,
         EMA(model, cfg.ema) if cfg.ema else None,
         preprocess_spec(cfg.normalize, data["train_x"]),
         torch.Generator().manual_seed(cfg.seed),

@@ -25,6 +25,7 @@ from .data import atomic_write_bytes
 from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
 from .history import read_history, write_history
+from .mix import mix_targets
 from .parts import (
     Parts,
     build_parts,
@@ -70,8 +71,13 @@ def train_one_epoch(
         soft = soft_all[idx].to(device, non_blocking=True) if soft_all is not None else None
         if parts.augment is not None:  # drawn for the global batch: every rank stays in step
             x = parts.augment(x, parts.generator)
+        y2, lam = y, 1.0  # the partner's label and the face's own share of the target
+        if parts.mix is not None:
+            x, partner, lam = parts.mix(x, parts.generator)
+            y2 = y[partner.to(y.device)]
+            soft = mix_targets(soft, partner, lam) if soft is not None else None
         if d.active:
-            x, y = x[d.rank :: d.world], y[d.rank :: d.world]
+            x, y, y2 = x[d.rank :: d.world], y[d.rank :: d.world], y2[d.rank :: d.world]
             soft = soft[d.rank :: d.world] if soft is not None else None
         x = scale(x, parts.spec)
         if cfg.channels_last:
@@ -79,6 +85,8 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = net(x)
             loss = parts.loss_fn(logits.float(), y)
+            if lam < 1:
+                loss = lam * loss + (1 - lam) * parts.loss_fn(logits.float(), y2)
             if soft is not None:
                 a = cfg.distill_alpha
                 loss = (1 - a) * loss + a * distill_loss(logits, soft, cfg.distill_temperature)
@@ -91,7 +99,7 @@ def train_one_epoch(
             scheduler.step()
         # accumulate on device: .item() per batch would be a sync point on GPU
         total_loss += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == (y if lam >= 0.5 else y2)).sum()
         seen += len(y)
         if step % 20 == 0:
             bar.set_postfix(img_s=f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f}")
