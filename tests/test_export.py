@@ -261,6 +261,29 @@ def test_safetensors_errors(tmp_path):
         load_safetensors_model(weights)
 
 
+def test_safetensors_pair_from_two_exports_is_refused(tmp_path):
+    """A kill between the two writes leaves new weights beside the old JSON: refused."""
+    clf = Classifier(
+        create_model("vggnet_s", **SMALL),
+        preprocess_spec("minmax"),
+        name="vggnet_s",
+        meta={"model_kwargs": SMALL},
+    )
+    weights, meta = export_safetensors(clf, tmp_path / "a")
+    old_meta = meta.read_text()
+    with torch.no_grad():
+        clf.model.features[0].weight.add_(1.0)
+    export_safetensors(clf, tmp_path / "a")
+    assert load_safetensors_model(weights).meta["sha256"] == json.loads(meta.read_text())["sha256"]
+    meta.write_text(old_meta)
+    with pytest.raises(ValueError, match=r"a\.safetensors: not the weights a\.json describes"):
+        load_safetensors_model(weights)
+    info = json.loads(old_meta)
+    del info["sha256"]  # exports written before the hash still load
+    meta.write_text(json.dumps(info))
+    load_safetensors_model(weights)
+
+
 def test_checkpoint_to_both_exports(ort, tmp_path: Path):
     """A training checkpoint's model_kwargs survive load_model into both export formats."""
     model = create_model("vggnet_s", **SMALL).eval()

@@ -7,6 +7,7 @@ a JSON file saying how to rebuild the network: the form in which ferlab ships it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -208,7 +209,7 @@ def export_safetensors(
 
     stem = Path(path) / classifier.name if Path(path).is_dir() else _stem(path)
     info = {**_describe(classifier), "dtype": "float16" if fp16 else "float32"}
-    clash = sorted(set(extra or {}) & {*REQUIRED, "model_kwargs", "dtype"})
+    clash = sorted(set(extra or {}) & {*REQUIRED, "model_kwargs", "dtype", "sha256"})
     if clash:
         raise ValueError(f"extra must not set {', '.join(clash)}: the exporter writes them")
     info.update(extra or {})
@@ -223,7 +224,11 @@ def export_safetensors(
     # rebuild now, so a wrong model_kwargs fails here and not when the shipped file is loaded
     _build(info, state, f"{classifier.name!r} with model_kwargs {info['model_kwargs']}")
     weights, meta = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-    atomic_write_bytes(weights, save(state, metadata={"format": "pt"}))
+    blob = save(state, metadata={"format": "pt"})
+    # two files cannot be replaced in one step: the hash lets the loader refuse a pair that a
+    # kill between the two writes (or a copy from two exports) left mismatched
+    info["sha256"] = hashlib.sha256(blob).hexdigest()
+    atomic_write_bytes(weights, blob)
     atomic_write_bytes(meta, (json.dumps(info, indent=2, default=str) + "\n").encode())
     return weights, meta
 
@@ -247,7 +252,7 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
     ``path`` is either file or their common stem; weights come back as float32.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     stem = _stem(path)
     meta, weights = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
@@ -256,12 +261,18 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
             raise FileNotFoundError(f"{p}: not found")
     try:
         info = json.loads(meta.read_text())
-        state = load_file(str(weights))
+        blob = weights.read_bytes()
+        state = load(blob)
     except (ValueError, SafetensorError) as e:
         raise ValueError(f"{stem}: not a ferlab safetensors export ({e})") from None
     missing = [k for k in REQUIRED if k not in info]
     if missing:
         raise ValueError(f"{meta}: not a ferlab export (lacks {', '.join(missing)})")
+    digest = hashlib.sha256(blob).hexdigest()
+    if info.get("sha256", digest) != digest:  # exports before the hash was written have none
+        raise ValueError(
+            f"{weights}: not the weights {meta.name} describes (sha256 differs); export again"
+        )
     return Classifier(
         _build(info, state, str(weights)),
         info["preprocess"],
