@@ -42,7 +42,7 @@ class Mix:
         """
         n = x.shape[0]
         perm = torch.randperm(n, generator=generator)
-        # one uniform number seeds numpy's Beta: torch has no seeded Beta sampler
+        # a number drawn from the generator seeds numpy's Beta: torch's Beta takes no generator
         seed = int(torch.randint(2**62, (1,), generator=generator))
         use_cutmix = bool(torch.rand(1, generator=generator) < 0.5)
         apply = bool(torch.rand(1, generator=generator) < self.prob)
@@ -50,7 +50,7 @@ class Mix:
             return x, perm, 1.0
         if self.mixup <= 0 or (self.cutmix > 0 and use_cutmix):
             lam = float(np.random.default_rng(seed).beta(self.cutmix, self.cutmix))
-            return _cutmix(x, perm.to(x.device), lam, generator)
+            return _cutmix(x, perm, lam, generator)
         lam = float(np.random.default_rng(seed).beta(self.mixup, self.mixup))
         return lam * x + (1 - lam) * x[perm.to(x.device)], perm, lam
 
@@ -68,8 +68,8 @@ def _cutmix(
     y0, y1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
     x0, x1 = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
     out = x.clone()
-    out[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-    return out, perm.cpu(), 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    out[:, :, y0:y1, x0:x1] = x[perm.to(x.device), :, y0:y1, x0:x1]
+    return out, perm, 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 def mix_targets(target: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
