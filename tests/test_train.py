@@ -312,3 +312,17 @@ def test_shipped_recipes_load(path):
     cfg = TrainConfig.from_yaml(path)  # unknown keys and bad values raise here
     assert cfg.epochs > 0 and cfg.lr > 0
     create_model(cfg.model, **cfg.model_kwargs)
+
+
+def test_readme_documents_every_config_key_with_its_default():
+    import ast
+    import dataclasses
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("| key | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| `(.*?)`", table, flags=re.M))
+    defaults = TrainConfig()
+    assert list(rows) == [f.name for f in dataclasses.fields(TrainConfig)]  # in field order
+    for name, text in rows.items():
+        assert ast.literal_eval(text) == getattr(defaults, name), name
