@@ -99,7 +99,7 @@ def train_one_epoch(
             scheduler.step()
         # accumulate on device: .item() per batch would be a sync point on GPU
         total_loss += loss.detach() * len(y)
-        correct += (logits.argmax(1) == (y if lam >= 0.5 else y2)).sum()
+        correct += (logits.argmax(1) == (y if lam >= 0.5 else y2)).sum()  # the larger share
         seen += len(y)
         if step % 20 == 0:
             bar.set_postfix(img_s=f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f}")
