@@ -253,7 +253,9 @@ def test_ema_averages_weights_and_is_what_gets_validated_and_saved(real_csv, tmp
     assert f"{val_acc:.5f}" == _rows(run)[-1]["val_acc"]  # the EMA weights were validated
 
 
-def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, tiny_model):
+def test_distillation_pulls_the_student_towards_the_teacher(
+    real_csv, tmp_path, tiny_model, monkeypatch
+):
     from ferlab.distill import distill_loss
     from ferlab.export import export_safetensors
 
@@ -279,6 +281,16 @@ def test_distillation_pulls_the_student_towards_the_teacher(real_csv, tmp_path, 
         _cfg(real_csv, tmp_path, name="kd", teacher=str(teacher), distill_alpha=1.0, **kw)
     )
     assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(labels_only)
+
+    # the targets are kept with the run: a resume does not score the teacher again
+    saved = torch.load(distilled / "teacher_probs.pt", weights_only=True)
+    assert torch.equal(saved["probs"], got) and saved["teacher"] == str(teacher)
+
+    def no_teacher(*args):
+        raise AssertionError("the teacher was scored again")
+
+    monkeypatch.setattr(sys.modules["ferlab.train"], "teacher_probs", no_teacher)
+    train(TrainConfig(), resume=distilled)
 
 
 def test_mixup_mixes_the_teachers_targets_like_the_faces(real_csv, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import atomic_write_bytes
+from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
 from .history import read_history, write_history
@@ -166,7 +166,7 @@ def _fit(
     torch.manual_seed(cfg.seed)
     data = load_splits(cfg)
     if cfg.teacher:
-        data["train_soft"] = teacher_probs(cfg.teacher, data["train_x"], d)
+        data["train_soft"] = _teacher_targets(cfg.teacher, data["train_x"], run_dir, d)
     parts = build_parts(cfg, data, device, d)
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
@@ -248,6 +248,24 @@ def _fit(
             )
     if d.main:
         _save_curves(run_dir, rows)
+
+
+def _teacher_targets(
+    teacher: str, images: torch.Tensor, run_dir: Path, d: distributed.Dist
+) -> torch.Tensor:
+    """The teacher's targets, scored once per run and kept in the run directory: a resumed run
+    learns the same targets (the teacher may have changed since) without minutes of scoring."""
+    path = run_dir / "teacher_probs.pt"
+    if path.is_file():
+        probs = torch.load(path, map_location="cpu", weights_only=True)["probs"]
+        if probs.shape == (len(images), len(EMOTIONS)):
+            log.info("teacher targets from %s", path)
+            return probs
+    probs = teacher_probs(teacher, images, d)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"teacher": teacher, "probs": probs}, path)
+    return probs
 
 
 def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, device):
