@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ferlab.mix import Mix, mix_targets
+from ferlab.mix import Mix, blend
 
 
 def _faces(n=8):
@@ -52,7 +52,7 @@ def test_both_on_alternate_and_prob_zero_leaves_the_batch_alone():
 def test_targets_mix_like_their_faces():
     target = torch.eye(4)
     perm = torch.tensor([1, 0, 3, 2])
-    mixed = mix_targets(target, perm, 0.75)
+    mixed = blend(target, perm, 0.75)
     assert torch.allclose(mixed.sum(1), torch.ones(4))
     assert mixed[0].tolist() == [0.75, 0.25, 0.0, 0.0]
 

@@ -52,7 +52,7 @@ class Mix:
             lam = float(np.random.default_rng(seed).beta(self.cutmix, self.cutmix))
             return _cutmix(x, perm, lam, generator)
         lam = float(np.random.default_rng(seed).beta(self.mixup, self.mixup))
-        return lam * x + (1 - lam) * x[perm.to(x.device)], perm, lam
+        return blend(x, perm, lam), perm, lam
 
 
 def _cutmix(
@@ -72,6 +72,6 @@ def _cutmix(
     return out, perm, 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
-def mix_targets(target: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
-    """Soft targets (N, C) mixed like their faces."""
-    return lam * target + (1 - lam) * target[perm.to(target.device)]
+def blend(t: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * t + (1 - lam) * t[perm]``: mixup's faces, and soft targets mixed like them."""
+    return lam * t + (1 - lam) * t[perm.to(t.device)]

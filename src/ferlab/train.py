@@ -25,7 +25,7 @@ from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
 from .history import read_history, write_history
-from .mix import mix_targets
+from .mix import blend
 from .parts import (
     Parts,
     build_parts,
@@ -75,7 +75,7 @@ def train_one_epoch(
         if parts.mix is not None:
             x, partner, lam = parts.mix(x, parts.generator)
             y2 = y[partner.to(y.device)]
-            soft = mix_targets(soft, partner, lam) if soft is not None else None
+            soft = blend(soft, partner, lam) if soft is not None else None
         if d.active:
             x, y, y2 = x[d.rank :: d.world], y[d.rank :: d.world], y2[d.rank :: d.world]
             soft = soft[d.rank :: d.world] if soft is not None else None
