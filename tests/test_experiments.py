@@ -206,6 +206,11 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     assert r.exit_code == 1
     assert "a/seed0: ValueError: " in r.output and "was started with other epochs" in r.output
     assert not (root / "a" / "seed0" / "result.json").exists()
+    # the recipe that counts is last.pt's, which train() resumes with, not config.yaml
+    saved = root / "a" / "seed0" / "config.yaml"
+    saved.write_text(saved.read_text().replace("epochs: 2", "epochs: 3"))
+    r = CliRunner().invoke(app, [*args, "--epochs", "3"])
+    assert r.exit_code == 1 and "was started with other epochs" in r.output
     r = CliRunner().invoke(app, [*args, "--epochs", "2"])
     assert r.exit_code == 0, r.output
     assert json.loads((root / "a" / "seed0" / "result.json").read_text())["config"]["epochs"] == 2

@@ -138,6 +138,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     """Train (resuming a killed trial), evaluate best.pt once on ``report_split``, save."""
     import torch
 
+    from .checkpoint import load_checkpoint
     from .classifier import load_model
     from .evaluate import evaluate_probs
     from .parts import load_splits
@@ -149,9 +150,10 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     (run_dir / "error.json").unlink(missing_ok=True)
     try:
         if (run_dir / "last.pt").is_file():
-            # a resumed run keeps its saved recipe: refuse one the suite no longer asks for,
-            # or result.json would describe settings that were not trained
-            saved = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
+            # a resumed run keeps the recipe in its last.pt (what train() resumes with):
+            # refuse one the suite no longer asks for, or result.json would describe
+            # settings that were not trained
+            saved = TrainConfig.from_dict(load_checkpoint(run_dir / "last.pt")["config"]).to_dict()
             changed = sorted(
                 k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and saved[k] != v
             )
