@@ -23,8 +23,9 @@ import torch
 from ferlab import load_model
 from ferlab.export import export_onnx
 from ferlab.faces import create_detector, list_detectors
+from ferlab.media import demo_image
 from ferlab.onnx_model import load_onnx
-from ferlab.predict import Predictor, demo_image
+from ferlab.predict import Predictor
 
 
 def rate(fn: Callable[[], object], seconds: float) -> tuple[float, int]:

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from ferlab.predict import demo_image
+from ferlab.media import demo_image
 
 HOST = "127.0.0.1"  # the load never leaves this machine
 

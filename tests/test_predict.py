@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from ferlab import EMOTIONS
+from ferlab.media import count_frames, read_rgb
 from ferlab.outputs import to_csv, to_markdown, write_predictions
-from ferlab.predict import Face, Prediction, Predictor, count_frames, read_rgb
+from ferlab.predict import Face, Prediction, Predictor
 
 FACE_REGION = (150, 20, 110, 130)  # x, y, w, h around the astronaut's face
 

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .data import EMOTIONS, IMAGE_SUFFIXES, atomic_write_bytes
+from .data import EMOTIONS, atomic_write_bytes
 from .faces import MARGIN, FaceDetector, create_detector, crop_faces
+from .media import FILE_KINDS, VIDEO_SUFFIXES, as_rgb, iter_files, read_rgb
 from .transforms import check_tta
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-FILE_KINDS = (*IMAGE_SUFFIXES, ".webp", ".tif", ".tiff", ".gif", *VIDEO_SUFFIXES)
-MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
 MAX_PENDING_BYTES = 256_000_000  # decoded images held while a batch of faces fills up
 Box = tuple[int, int, int, int]
 
@@ -100,61 +98,10 @@ class Prediction:
         return path
 
 
-def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read an image file as RGB uint8, honouring EXIF orientation; refuse huge images."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > max_pixels:
-                raise ValueError(
-                    f"{path}: image is {im.width}x{im.height} pixels, over the limit of "
-                    f"{max_pixels} (decompression bomb?)"
-                )
-            return pil_to_rgb(im)
-    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-
-
-def pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """RGB uint8 of a PIL image, upright by its EXIF orientation. 16-bit and float images are
-    rescaled to 8 bits: PIL's own ``convert("RGB")`` clips them, turning a 16-bit photo white."""
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        x = np.asarray(im, dtype=np.float64).clip(0)
-        peak = float(x.max())
-        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
-        gray = np.round(x * (255.0 / top)).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        return np.ascontiguousarray(image[..., :3])
-    raise ValueError(f"images must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
-
-
-def demo_image() -> np.ndarray:
-    """A real photo with one face: scikit-image's astronaut (Eileen Collins, NASA)."""
-    from skimage import data
-
-    return data.astronaut()
-
-
-def iter_files(folder: Path) -> list[Path]:
-    """Images and videos under ``folder``, recursively, in sorted order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
-
-
 def _frames(source: Any, every: int) -> Iterator[Prediction]:
     """Yield empty Predictions (image, path, frame, time) for every image or frame."""
     if isinstance(source, np.ndarray):
-        yield Prediction(None, None, _as_rgb(source))
+        yield Prediction(None, None, as_rgb(source))
     elif isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
@@ -204,29 +151,6 @@ def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
         cap.release()
     if index == 0:
         yield Prediction.failed(path, f"{path}: no frames could be decoded")
-
-
-def count_frames(source: Any, every: int = 1) -> int | None:
-    """How many images or frames ``source`` yields (for progress bars); None if unknown."""
-    if isinstance(source, np.ndarray):
-        return 1
-    if isinstance(source, str | Path):
-        path = Path(source)
-        if path.is_dir():
-            files = iter_files(path)
-            return sum(count_frames(f, every) or 1 for f in files) or 1  # or the error record
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            import cv2
-
-            cap = cv2.VideoCapture(str(path))
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            cap.release()
-            return (n + every - 1) // every if n > 0 else None
-        return 1
-    if isinstance(source, Iterable):
-        counts = [count_frames(s, every) for s in source]
-        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
-    return None
 
 
 def iou(a: Box, b: Box) -> float:

@@ -38,8 +38,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
+    from ..media import count_frames
     from ..outputs import render, write_predictions
-    from ..predict import Predictor, count_frames
+    from ..predict import Predictor
 
     formats = parse_formats(format or ("json,csv,md" if out else "json"), out)
     predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
@@ -88,8 +89,9 @@ def demo(
     """Recognise the expression in a demo photo (scikit-image's astronaut, NASA, public domain)."""
     from PIL import Image
 
+    from ..media import demo_image
     from ..outputs import write_predictions
-    from ..predict import Predictor, demo_image
+    from ..predict import Predictor
 
     photo = out / "astronaut.png"
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from ..predict import MAX_PIXELS, ProbaModel
+from ..media import MAX_PIXELS
+from ..predict import ProbaModel
 from .inputs import ApiError, parse_options, read_upload
 from .metrics import ObserveMiddleware, configure_access_log
 from .service import Service, check_settings

@@ -22,7 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from ..data import EMOTIONS
-from ..predict import pil_to_rgb
+from ..media import pil_to_rgb
 
 # formats a browser or camera produces (JPEG covers MPO), never EPS (Ghostscript) or other
 # exotic decoders; init() registers them all, and the list keeps those this Pillow has

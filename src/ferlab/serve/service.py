@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..faces import MARGIN, FaceDetector, create_detector, crop_faces, list_detectors
-from ..predict import MAX_PIXELS, Face, Prediction, ProbaModel
+from ..media import MAX_PIXELS
+from ..predict import Face, Prediction, ProbaModel
 from .batching import MicroBatcher
 from .inputs import ApiError, Options, decode_image
 from .metrics import Metrics
