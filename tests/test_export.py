@@ -373,3 +373,21 @@ def test_cli_export_refuses_options_its_format_ignores(tmp_path, extra, message)
     r = CliRunner().invoke(app, ["export", str(meta), "--out", str(out), *extra])
     assert r.exit_code != 0 and message in str(r.exception), (r.output, r.exception)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+def test_cli_refuses_to_export_or_ensemble_an_onnx_file(ort, tmp_path):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    clf = make_classifier(np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8))
+    onnx_file = export_onnx(clf, tmp_path / "m.onnx")
+    args = ["export", str(onnx_file), "--format", "safetensors", "--out", str(tmp_path / "x")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and f"{onnx_file}: exports need a PyTorch model" in str(r.exception)
+    assert not (tmp_path / "x.json").exists()
+    # refused before calibration: this dataset does not exist, and that is not what is said
+    args = ["ensemble", str(onnx_file), str(onnx_file), "--out", str(tmp_path / "e")]
+    r = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "missing.csv")])
+    assert r.exit_code != 0 and "exports need a PyTorch model" in str(r.exception)
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "e").exists()

@@ -42,6 +42,17 @@ class _Pixels(nn.Module):
         return logits, torch.softmax(logits, 1)
 
 
+def check_exportable(classifier: object, where: str = "model") -> Classifier:
+    """``classifier`` if it holds a PyTorch network; exports need its weights, which an ONNX
+    file or an ensemble manifest does not carry in that form."""
+    if not isinstance(classifier, Classifier):
+        raise ValueError(
+            f"{where}: exports need a PyTorch model (checkpoint, run dir or safetensors "
+            f"export), not {type(classifier).__name__}"
+        )
+    return classifier
+
+
 def _describe(classifier: Classifier) -> dict:
     """What an export records besides the weights."""
     from . import __version__  # lazy: the package __init__ may import this module
@@ -74,6 +85,7 @@ def export_onnx(
     """
     import onnx
 
+    check_exportable(classifier)
     wrapper = _Pixels(classifier.model.eval(), classifier.preprocess).eval()
     # batch 2, not 1, so the tracer cannot specialise any shape to a single face
     dummy = torch.zeros(2, 1, 48, 48, device=classifier.device)
@@ -207,6 +219,7 @@ def export_safetensors(
     """
     from safetensors.torch import save
 
+    check_exportable(classifier)
     stem = Path(path) / classifier.name if Path(path).is_dir() else _stem(path)
     info = {**_describe(classifier), "dtype": "float16" if fp16 else "float32"}
     clash = sorted(set(extra or {}) & {*REQUIRED, "model_kwargs", "dtype", "sha256"})

@@ -171,8 +171,11 @@ def ensemble(
     """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
     from ..classifier import load_model
     from ..ensemble import build_ensemble, save_ensemble
+    from ..export import check_exportable
 
-    ens, accuracy = build_ensemble([load_model(m) for m in members], data, split, tta)
+    # members are saved as safetensors: refuse an ONNX file before minutes of calibration
+    models = [check_exportable(load_model(m), m) for m in members]
+    ens, accuracy = build_ensemble(models, data, split, tta)
     for m, t, acc in zip(members, ens.temperatures, accuracy["members"], strict=True):
         console.print(f"{m}: {split} accuracy {acc:.2%}, temperature {t:.3f}")
     console.print(f"ensemble of {len(members)}: {split} accuracy {accuracy['ensemble']:.2%}")
@@ -201,7 +204,7 @@ def export(
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
     from ..classifier import load_model
-    from ..export import export_onnx, export_safetensors
+    from ..export import check_exportable, export_onnx, export_safetensors
 
     # Refuse options this format ignores before the model loads: a silently dropped --int8
     # would ship an fp32 file under a name that says otherwise.
@@ -213,7 +216,7 @@ def export(
         raise ValueError("--info applies to --format safetensors only")
     if data is not None and not int8:
         raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
-    clf = load_model(model)
+    clf = check_exportable(load_model(model), model or "default")
     if int8:
         from ..export import export_int8
 
