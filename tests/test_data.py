@@ -200,3 +200,22 @@ def test_image_folder_is_cached_and_invalidated(tmp_path, monkeypatch):
     save_image(path, np.full((48, 48), 99, np.uint8))  # new pixels, new size/mtime
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert sorted(int(im.mean()) for im in load_dataset(root).images) == [20, 99]
+
+
+def test_folder_images_are_upright_and_16_bit_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from ferlab.data import read_image
+
+    ramp = np.tile(np.linspace(0, 65535, 48).astype(np.uint16), (48, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    got = read_image(tmp_path / "ramp16.png")
+    np.testing.assert_array_equal(got[0], np.round(ramp[0] / 257).astype(np.uint8))
+    # a camera's portrait photo: pixels stored sideways, EXIF orientation 6 says turn them
+    half = np.zeros((48, 48), np.uint8)
+    half[:, 24:] = 255  # stored: left black, right white; upright: top black, bottom white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(half).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    got = read_image(tmp_path / "sideways.jpg").astype(int)
+    assert got[:20].mean() < 20 and got[28:].mean() > 235

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +184,24 @@ def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
 # ---------------------------------------------------------------- image folders
 
 
+def upright_8bit(im: Image.Image) -> Image.Image:
+    """``im`` turned upright by its EXIF orientation, 16-bit and float images rescaled to
+    8 bits: PIL's own ``convert("L")`` or ``("RGB")`` clips them, turning a 16-bit photo white.
+    Every decoder (datasets, ``predict``, the server) goes through here."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        x = np.asarray(im, dtype=np.float64).clip(0)
+        peak = float(x.max()) if x.size else 0.0
+        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+        return Image.fromarray(np.round(x * (255.0 / top)).astype(np.uint8))
+    return im
+
+
 def read_image(path: Path, size: int = SIZE) -> np.ndarray:
     """Read any image as a ``size`` x ``size`` uint8 grayscale array (centre square crop)."""
     try:
         with Image.open(path) as src:
-            im = src.convert("L")
+            im = upright_8bit(src).convert("L")
             w, h = im.size
             s = min(w, h)
             if w != h:
@@ -248,7 +261,8 @@ def load_image_folder(
             str(root),
         )
 
-    key = f"{default_usage}|" + _fingerprint([f for f, _ in files])
+    # "upright": arrays cached before read_image honoured EXIF and 16 bits are decoded again
+    key = f"upright|{default_usage}|" + _fingerprint([f for f, _ in files])
     return _cached(key, str(root), parse)
 
 

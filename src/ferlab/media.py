@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .data import IMAGE_SUFFIXES
+from .data import IMAGE_SUFFIXES, upright_8bit
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FILE_KINDS = (*IMAGE_SUFFIXES, ".webp", ".tif", ".tiff", ".gif", *VIDEO_SUFFIXES)
@@ -33,16 +33,8 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """RGB uint8 of a PIL image, upright by its EXIF orientation. 16-bit and float images are
-    rescaled to 8 bits: PIL's own ``convert("RGB")`` clips them, turning a 16-bit photo white."""
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        x = np.asarray(im, dtype=np.float64).clip(0)
-        peak = float(x.max())
-        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
-        gray = np.round(x * (255.0 / top)).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
+    """RGB uint8 of a PIL image, upright, 16-bit and float images scaled to 8 bits."""
+    return np.asarray(upright_8bit(im).convert("RGB"))
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
