@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from ferlab import TrainConfig, load_model, train
+from ferlab.checkpoint import save_checkpoint
 from ferlab.config import parse_override
 from ferlab.distill import teacher_probs
 from ferlab.parts import load_splits
@@ -277,6 +278,10 @@ def test_distillation_pulls_the_student_towards_the_teacher(
 
     kw = dict(epochs=3, lr=3e-3, augment=False)
     labels_only = train(_cfg(real_csv, tmp_path, name="labels", **kw))
+    # targets left by a run that died before its first checkpoint are not a new run's
+    (tmp_path / "runs" / "kd").mkdir(parents=True)
+    stale = {"teacher": "other", "probs": torch.full_like(got, 1 / 7)}
+    save_checkpoint(stale, tmp_path / "runs" / "kd" / "teacher_probs.pt")
     distilled = train(
         _cfg(real_csv, tmp_path, name="kd", teacher=str(teacher), distill_alpha=1.0, **kw)
     )

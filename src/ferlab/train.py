@@ -166,7 +166,8 @@ def _fit(
     torch.manual_seed(cfg.seed)
     data = load_splits(cfg)
     if cfg.teacher:
-        data["train_soft"] = _teacher_targets(cfg.teacher, data["train_x"], run_dir, d)
+        resuming = ckpt is not None
+        data["train_soft"] = _teacher_targets(cfg.teacher, data["train_x"], run_dir, resuming, d)
     parts = build_parts(cfg, data, device, d)
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
@@ -251,12 +252,14 @@ def _fit(
 
 
 def _teacher_targets(
-    teacher: str, images: torch.Tensor, run_dir: Path, d: distributed.Dist
+    teacher: str, images: torch.Tensor, run_dir: Path, resuming: bool, d: distributed.Dist
 ) -> torch.Tensor:
     """The teacher's targets, scored once per run and kept in the run directory: a resumed run
-    learns the same targets (the teacher may have changed since) without minutes of scoring."""
+    learns the same targets (the teacher may have changed since) without minutes of scoring.
+    A new run scores afresh: a file left by a run that died before its first checkpoint may
+    hold another teacher's targets, or another seed's faces."""
     path = run_dir / "teacher_probs.pt"
-    if path.is_file():
+    if resuming and path.is_file():
         probs = torch.load(path, map_location="cpu", weights_only=True)["probs"]
         if probs.shape == (len(images), len(EMOTIONS)):
             log.info("teacher targets from %s", path)
