@@ -184,3 +184,24 @@ def test_evaluate_checks_formats_before_the_model_loads(fmt, message):
     # the model does not exist: a format error proves the check comes first
     r = run_ferlab("evaluate", "no-such-model.pt", "--format", fmt)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_evaluate_on_a_folder_with_an_unknown_class(tmp_path):
+    import numpy as np
+
+    from conftest import save_image
+
+    root = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    for label in ("happy", "sad", "contempt"):
+        for name in ("Training_0", "PublicTest_0", "PublicTest_1", "PublicTest_2"):
+            face = rng.integers(0, 256, (60, 60), np.uint8)
+            save_image(root / label / f"{name}.png", face)
+    r = run_ferlab("evaluate", "default", "--data", str(root))
+    assert r.returncode == 2 and "unknown class folder(s) ['contempt']" in r.stderr
+    assert "--ignore-unknown for `ferlab evaluate`" in r.stderr
+    args = ("evaluate", "default", "--data", str(root), "--format", "json")
+    r = run_ferlab(*args, "--ignore-unknown")
+    assert r.returncode == 0, r.stderr
+    support = json.loads(r.stdout)["per_class"]
+    assert support["happy"]["support"] == 3 and support["sad"]["support"] == 3

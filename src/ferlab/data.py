@@ -226,7 +226,8 @@ def _iter_class_dirs(root: Path, ignore_unknown: bool) -> Iterator[tuple[Path, i
     if unknown and not ignore_unknown:
         raise DataError(
             f"{root}: unknown class folder(s) {unknown}; expected names among "
-            f"{sorted(k for k, v in SYNONYMS.items() if v)} (or pass --ignore-unknown)"
+            f"{sorted(k for k, v in SYNONYMS.items() if v)} (to skip them: ignore_unknown: true, "
+            "or --ignore-unknown for `ferlab evaluate` and `ferlab data info`)"
         )
     for d in dirs:
         idx = label_index(d.name)

@@ -190,12 +190,14 @@ def evaluate_split(
     split: str = "PublicTest",
     split_mode: str | None = None,
     tta: str | None = None,
+    ignore_unknown: bool | None = None,
 ) -> Metrics:
     """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset.
 
     ``split_mode=None``: on the data the model was trained on, the split it was trained with
     (a stratified split's seed included, so its held-out faces stay held out); otherwise
     ``official``. ``tta=None`` keeps the model's own: none, or an ensemble's calibrated one.
+    ``ignore_unknown=None``: as trained on the same data, else off (unknown class folders fail).
     """
     trained = (getattr(classifier, "meta", None) or {}).get("config") or {}
     same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
@@ -206,7 +208,11 @@ def evaluate_split(
         split,
         split_mode,
         seed=int(trained.get("seed", 0)) if same_data else 0,
-        ignore_unknown=bool(trained.get("ignore_unknown")) and same_data,
+        ignore_unknown=(
+            bool(trained.get("ignore_unknown")) and same_data
+            if ignore_unknown is None
+            else ignore_unknown
+        ),
     )
     return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
 

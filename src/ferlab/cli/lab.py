@@ -140,6 +140,13 @@ def evaluate(
         Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
     ] = None,
     format: Annotated[str, typer.Option(help="json, csv or md (comma-separated for --out)")] = "md",
+    ignore_unknown: Annotated[
+        bool | None,
+        typer.Option(
+            "--ignore-unknown/--no-ignore-unknown",
+            help="Skip class folders that are not one of the 7 emotions [default: as trained]",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix on one split."""
     from ..classifier import load_model
@@ -147,7 +154,7 @@ def evaluate(
 
     formats = parse_formats(format, out)
     clf = load_model(model)
-    metrics = evaluate_split(clf, data, split, split_mode=split_mode, tta=tta)
+    metrics = evaluate_split(clf, data, split, split_mode, tta, ignore_unknown)
     title = f"{model} on {split}" + (f" ({tta} TTA)" if tta not in (None, "none") else "")
     if out is not None:
         for path in metrics.save(out, formats, title=title):
