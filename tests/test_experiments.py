@@ -262,6 +262,8 @@ def test_report_lists_the_baseline_first_then_the_suite_order(tmp_path):
     md = (tmp_path / "report.md").read_text()
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
     assert rows[:5] == ["variant", "zeta", "mid", "alpha", "extra"]  # the accuracy table
+    with pytest.raises(ValueError, match=r"baseline 'zteta': no such variant .*'mid'"):
+        build_report(tmp_path, baseline="zteta")
 
 
 def test_val_loss_plots_compare_only_the_variable_they_name(tmp_path):

@@ -118,6 +118,10 @@ def build_report(
     if not results and not failures:
         raise ValueError(f"{root}: no result.json or error.json found; nothing to report")
     groups = group(results)
+    variants = sorted({*groups, *(f["run"].split("/")[0] for f in failures)})
+    if baseline and baseline not in variants:  # a typo must not compare against another
+        raise ValueError(f"baseline {baseline!r}: no such variant under {root}; {variants}")
+    # a baseline whose every trial failed: compare against the first that finished
     base = baseline if baseline in groups else next(iter(groups), "")
     # the baseline first, then the suite's own order where given, then the rest by name
     rank = {v: i for i, v in enumerate([base, *(order or [])])}
