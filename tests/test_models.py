@@ -21,6 +21,8 @@ def test_forward_shape_and_gradients(name):
 def test_registry_rejects_unknown_and_duplicates():
     with pytest.raises(ValueError, match="unknown model 'nope'; available: resnet, vgg19"):
         create_model("nope")
+    with pytest.raises(ValueError, match=r"'vggnet_s': .*unexpected keyword argument 'hiden'"):
+        create_model("vggnet_s", hiden=256)  # model_kwargs with a typo: one line, not a trace
     with pytest.raises(ValueError, match="already registered"):
 
         @register_model

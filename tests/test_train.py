@@ -199,7 +199,8 @@ def test_config_yaml_and_overrides(tmp_path):
         ("augment: 'no'", "config augment: expected bool, got 'no'"),  # a string is truthy
         ("lr: true", "config lr: expected float, got True"),
         ("model_kwargs: [1]", "config model_kwargs: expected dict, got \\[1\\]"),
-        ("focal_alpha: [1, 2]", "config focal_alpha: expected 7 weights"),
+        ("focal_alpha: [1, 2]", r"config focal_alpha: expected 7 numbers, got \[1, 2\]"),
+        ("betas: [a, b]", r"config betas: expected 2 numbers, got \['a', 'b'\]"),
         ("lr: [1", "not valid YAML"),
     ]:
         path.write_text(text + "\n")

@@ -84,10 +84,9 @@ class TrainConfig:
         hints = typing.get_type_hints(cls)
         for key, value in values.items():
             values[key] = _typed(key, value, hints[key])
-        if values.get("focal_alpha") is not None and len(values["focal_alpha"]) != 7:
-            raise ValueError("config focal_alpha: expected 7 weights, one per class")
-        if "betas" in values and len(values["betas"]) != 2:
-            raise ValueError("config betas: expected 2 numbers")
+        for key, n in (("focal_alpha", 7), ("betas", 2)):
+            if values.get(key) is not None:
+                values[key] = _numbers(key, values[key], n)
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
         return cfg
@@ -144,6 +143,16 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, expected):
         raise ValueError(f"config {key}: expected {kind.__name__}, got {value!r}")
     return value
+
+
+def _numbers(key: str, value: Any, n: int) -> list[float]:
+    """``n`` numbers (YAML 1.1 reads ``1e-3`` as a string, taken as meant), else one line."""
+    try:
+        if len(value) != n or any(isinstance(v, bool) for v in value):
+            raise ValueError
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"config {key}: expected {n} numbers, got {value!r}") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:

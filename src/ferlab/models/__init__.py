@@ -29,7 +29,12 @@ def create_model(name: str, num_classes: int = 7, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``create_model("vgg19", frozen_blocks=2)``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    try:
+        return MODELS[name](num_classes=num_classes, **kwargs)
+    except TypeError as e:  # a misspelt or misplaced keyword (model_kwargs: {hiden: 256})
+        if "argument" not in str(e):
+            raise
+        raise ValueError(f"model {name!r}: {e}") from None
 
 
 from . import small, vgg  # noqa: E402,F401  (register the builders)
