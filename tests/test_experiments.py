@@ -303,3 +303,18 @@ def _suite_with(tmp_path, base):
     path = tmp_path / "suite.yaml"
     path.write_text(json.dumps({"name": "s", "base": base, "variants": {"a": {}}}))
     return Suite.from_yaml(path)
+
+
+def test_malformed_suites_fail_with_the_file_named(tmp_path):
+    path = tmp_path / "suite.yaml"
+    for text, message in [
+        ("name: [s", "not valid YAML"),
+        ("- a\n- b", "expected a mapping of keys, got list"),
+        ("variants: [a, b]", r"variants: expected a mapping, got \['a', 'b'\]"),
+        ("base: 3", "base: expected a mapping, got 3"),
+        ("variants: {a: 5}", "variant a: expected a mapping, got 5"),
+    ]:
+        path.write_text(text + "\n")
+        with pytest.raises(ValueError, match=message) as e:
+            Suite.from_yaml(path)
+        assert str(e.value).startswith(f"{path}: "), e.value

@@ -93,15 +93,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-        values: dict[str, Any] = {}
-        if path:
-            try:
-                loaded = yaml.safe_load(Path(path).read_text())
-            except yaml.YAMLError as e:
-                raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a mapping of config keys")
-            values.update(loaded or {})
+        values = load_yaml_mapping(path) if path else {}
         values.update(overrides)
         try:
             return cls.from_dict(values)
@@ -115,6 +107,17 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping ({} if empty), or one line naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of keys, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def _typed(key: str, value: Any, hint: Any) -> Any:

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import TrainConfig
+from .config import TrainConfig, load_yaml_mapping
 from .data import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -50,16 +48,21 @@ class Suite:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Suite:
         path = Path(path)
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml_mapping(path)
         unknown = sorted(set(raw) - SUITE_KEYS)
         if unknown:
             raise ValueError(f"{path}: unknown suite key(s) {unknown}; valid: {sorted(SUITE_KEYS)}")
+        variants = raw.get("variants") or {"baseline": {}}
+        for key, value in [("base", raw.get("base") or {}), ("variants", variants)]:
+            if not isinstance(value, dict):  # before .update() or .items() breaks on it
+                raise ValueError(f"{path}: {key}: expected a mapping, got {value!r}")
+        for key, value in variants.items():
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{path}: variant {key}: expected a mapping, got {value!r}")
         base: dict[str, Any] = {}
         if raw.get("base_config"):
-            cfg_path = (path.parent / raw["base_config"]).resolve()
-            base.update(yaml.safe_load(cfg_path.read_text()) or {})
+            base.update(load_yaml_mapping((path.parent / raw["base_config"]).resolve()))
         base.update(raw.get("base") or {})
-        variants = raw.get("variants") or {"baseline": {}}
         suite = cls(
             raw.get("name", path.stem),
             base,
