@@ -205,3 +205,13 @@ def test_evaluate_on_a_folder_with_an_unknown_class(tmp_path):
     assert r.returncode == 0, r.stderr
     support = json.loads(r.stdout)["per_class"]
     assert support["happy"]["support"] == 3 and support["sad"]["support"] == 3
+    # --out without --format writes every format, as predict does
+    ev = tmp_path / "ev"
+    r = run_ferlab("evaluate", "default", "--data", str(root), "--ignore-unknown", "--out", str(ev))
+    assert r.returncode == 0, r.stderr
+    assert sorted(f.name for f in ev.iterdir()) == [
+        "confusion.png",
+        "metrics.csv",
+        "metrics.json",
+        "metrics.md",
+    ]

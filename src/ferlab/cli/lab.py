@@ -139,7 +139,12 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
     ] = None,
-    format: Annotated[str, typer.Option(help="json, csv or md (comma-separated for --out)")] = "md",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            help="json, csv or md, comma-separated with --out [default: md; all 3 with --out]"
+        ),
+    ] = None,
     ignore_unknown: Annotated[
         bool | None,
         typer.Option(
@@ -152,7 +157,7 @@ def evaluate(
     from ..classifier import load_model
     from ..evaluate import evaluate_split
 
-    formats = parse_formats(format, out)
+    formats = parse_formats(format or ("json,csv,md" if out else "md"), out)
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode, tta, ignore_unknown)
     title = f"{model} on {split}" + (f" ({tta} TTA)" if tta not in (None, "none") else "")
