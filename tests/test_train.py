@@ -344,3 +344,13 @@ def test_readme_documents_every_config_key_with_its_default():
     assert list(rows) == [f.name for f in dataclasses.fields(TrainConfig)]  # in field order
     for name, text in rows.items():
         assert ast.literal_eval(text) == getattr(defaults, name), name
+
+
+def test_a_nan_epoch_is_never_the_best():
+    from ferlab.train import _advance
+
+    state = {"epoch": -1, "best": -float("inf"), "best_epoch": -1, "bad_epochs": 0}
+    assert not _advance(state, float("nan"), 0, patience=3)  # diverged at once
+    assert _advance(state, 1.2, 1, patience=3) and state["best_epoch"] == 1
+    assert not _advance(state, 1.2, 2, patience=3)  # no better: not a new best
+    assert _advance(state, 1.0, 3, patience=3) and state["best_epoch"] == 3

@@ -249,6 +249,10 @@ def _fit(
             )
     if d.main:
         _save_curves(run_dir, rows)
+        if state["best_epoch"] < 0:
+            log.warning(
+                "%s: no epoch had a finite %s, so no best.pt (diverged?)", run_dir, cfg.monitor
+            )
 
 
 def _teacher_targets(
@@ -309,8 +313,11 @@ def _prepare(
 def _advance(state: dict[str, Any], loss: float, epoch: int, patience: int) -> bool:
     """Record an epoch's monitored value (lower is better); True if it is a new best."""
     score = -loss
-    # relative threshold as ReduceLROnPlateau's default: noise-level gains do not count
-    improved = state["best_epoch"] < 0 or score > state["best"] + 1e-4 * abs(state["best"])
+    # relative threshold as ReduceLROnPlateau's default: noise-level gains do not count;
+    # a NaN is never best (every later epoch would compare False against it)
+    improved = math.isfinite(score) and (
+        state["best_epoch"] < 0 or score > state["best"] + 1e-4 * abs(state["best"])
+    )
     if improved:
         state.update(best=score, best_epoch=epoch, bad_epochs=0)
     else:
