@@ -165,11 +165,30 @@ def test_early_stopping_and_plateau(tiny_csv, tmp_path):
     ],
 )
 def test_config_variants_train(tiny_csv, tmp_path, overrides):
-    run = train(_cfg(tiny_csv, tmp_path, name="v", epochs=1, batch_size=16, **overrides))
+    from ferlab.losses import FocalLoss
+    from ferlab.parts import build_parts
+
+    cfg = _cfg(tiny_csv, tmp_path, name="v", epochs=1, batch_size=16, **overrides)
+    run = train(cfg)
     ckpt = torch.load(run / "best.pt", weights_only=True)
-    assert ckpt["preprocess"]["normalize"] == overrides.get("normalize", "minmax")
-    if overrides.get("normalize") == "standardize":
+    assert ckpt["preprocess"]["normalize"] == cfg.normalize
+    if cfg.normalize == "standardize":
         assert 0 < ckpt["preprocess"]["std"] < 1
+    # what trained is what the config named: optimiser and schedule states in the checkpoint
+    group = ckpt["optimizer"]["param_groups"][0]
+    kind = "sgd" if "nesterov" in group else "adamw" if group["decoupled_weight_decay"] else "adam"
+    assert kind == cfg.optimizer
+    sched = ckpt["scheduler"]
+    assert ("total_steps" in sched, "T_max" in sched, "patience" in sched) == tuple(
+        cfg.scheduler == s for s in ("onecycle", "cosine", "plateau")
+    )
+    loss = build_parts(cfg, load_splits(cfg), torch.device("cpu")).loss_fn
+    if cfg.loss == "focal":
+        assert isinstance(loss, FocalLoss) and loss.gamma == cfg.focal_gamma
+        assert (loss.alpha is None) == (cfg.focal_alpha is None)
+    else:
+        assert isinstance(loss, torch.nn.CrossEntropyLoss)
+        assert loss.label_smoothing == cfg.label_smoothing
 
 
 def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
