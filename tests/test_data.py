@@ -219,3 +219,16 @@ def test_folder_images_are_upright_and_16_bit_is_scaled_not_clipped(tmp_path):
     Image.fromarray(half).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
     got = read_image(tmp_path / "sideways.jpg").astype(int)
     assert got[:20].mean() < 20 and got[28:].mean() > 235
+
+
+def test_a_damaged_cache_is_parsed_again_and_replaced(tiny_csv, tmp_path, caplog):
+    first = load_fer2013_csv(tiny_csv)
+    (cache,) = (tmp_path / "cache").glob("*.npz")
+    for damage in (b"", b"PK\x03\x04 not a zip", cache.read_bytes()[:100]):
+        cache.write_bytes(damage)
+        again = load_fer2013_csv(tiny_csv)
+        np.testing.assert_array_equal(again.images, first.images)
+        assert "ignoring unreadable cache" in caplog.text
+        caplog.clear()
+    np.testing.assert_array_equal(load_fer2013_csv(tiny_csv).images, first.images)
+    assert "ignoring" not in caplog.text  # the cache was written again, whole

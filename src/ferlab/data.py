@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ def _cached(key: str, source: str, parse) -> FaceData:
         try:
             with np.load(cache_file, allow_pickle=False) as z:
                 return FaceData(z["images"], z["labels"], z["usage"], source)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             log.warning("ignoring unreadable cache %s", cache_file)
     data = parse()
     buf = io.BytesIO()
@@ -119,6 +120,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash leaves old or new
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
