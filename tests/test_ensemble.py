@@ -39,6 +39,17 @@ def test_ensemble_averages_calibrated_members_and_round_trips(faces, tmp_path): 
     onnx = load_model(manifest, runtime="onnx")
     np.testing.assert_allclose(onnx.predict_proba(faces), loaded.predict_proba(faces), atol=1e-4)
 
+    # a save killed after replacing a member, before the manifest: the old manifest is refused
+    old_manifest = manifest.read_bytes()
+    save_ensemble(Ensemble([b, a], [2.0, 0.5]), tmp_path / "weights" / "ens")
+    manifest.write_bytes(old_manifest)
+    with pytest.raises(ValueError, match=r"ens\.json: member0\.json is not the member it was"):
+        load_model(manifest)
+    for m in info["members"]:
+        del m["sha256"]  # older manifests carry no hashes: still loaded
+    manifest.write_text(json.dumps(info))
+    load_model(manifest)
+
 
 def test_fitting_lowers_held_out_nll(faces):  # noqa: F811
     labels = np.random.default_rng(0).integers(0, 7, len(faces))

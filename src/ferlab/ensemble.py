@@ -11,6 +11,7 @@ reads the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,10 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
     members = []
     for i, (m, t) in enumerate(zip(ensemble.members, ensemble.temperatures, strict=True)):
         _, meta = export_safetensors(m, folder / f"member{i}")
-        members.append({"file": f"{folder.name}/{meta.name}", "temperature": t})
+        # the member's JSON holds its weights' hash: a manifest left over members that a
+        # later, killed save replaced is refused on load instead of mixing temperatures
+        digest = hashlib.sha256(meta.read_bytes()).hexdigest()
+        members.append({"file": f"{folder.name}/{meta.name}", "temperature": t, "sha256": digest})
     manifest = {"kind": KIND, "members": members, "tta": ensemble.tta, **(extra or {})}
     out = folder.with_name(folder.name + ".json")
     atomic_write_bytes(out, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -162,6 +166,10 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     except (KeyError, TypeError, ValueError) as e:
         need = "each member needs 'file' and a numeric 'temperature'"
         raise ValueError(f"{path}: {need} ({type(e).__name__}: {e})") from None
+    for f, m in zip(files, members, strict=True):
+        digest = m.get("sha256")  # manifests saved before the hash was written have none
+        if digest and f.is_file() and hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            raise ValueError(f"{path}: {f.name} is not the member it was calibrated with")
     models = [load_safetensors_model(f, device) for f in files]
     meta = {k: v for k, v in info.items() if k not in ("kind", "members", "tta")}
     try:
