@@ -14,7 +14,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 from .config import TrainConfig
-from .experiments import Trial, run_trial, threads_per_worker
+from .distributed import threads_per_worker
+from .experiments import Trial, run_trial
 
 log = logging.getLogger(__name__)
 

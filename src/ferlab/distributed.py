@@ -25,6 +25,11 @@ import torch.distributed as dist
 from torch import nn
 
 
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` processes' share of this machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -216,7 +215,3 @@ def run_suite(
         else:
             raise ValueError(f"unknown backend {backend!r}; expected local or ray")
     return trials
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))

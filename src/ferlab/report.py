@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import EMOTIONS, atomic_write_bytes
+from .data import EMOTIONS
 from .history import read_history
 from .markdown_page import markdown_page
+from .outputs import write_text
 from .stats import Summary, summarize, welch
 
 METRICS = ("precision", "recall", "f1")
@@ -129,10 +130,10 @@ def build_report(
     figures = _figures(dest, groups, base)
     md = _markdown(groups, failures, base, title or root.name, notes, figures)
     files = [
-        _write(dest / "report.md", md),
-        _write(dest / "report.html", markdown_page(md, dest)),
-        _write(dest / "results.csv", _csv(results)),
-        _write(dest / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
+        write_text(dest / "report.md", md),
+        write_text(dest / "report.html", markdown_page(md, dest)),
+        write_text(dest / "results.csv", _csv(results)),
+        write_text(dest / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
     ]
     return files + [dest / f for f in figures.values()]
 
@@ -319,8 +320,3 @@ def _only_differs_in(trials: list[TrialResult], base: list[TrialResult], key: st
     a, b = trials[0].config, base[0].config
     changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     return key in a and changed - {"seed", "out", "name"} <= {key}
-
-
-def _write(path: Path, text: str) -> Path:
-    atomic_write_bytes(path, text.encode())
-    return path

@@ -147,7 +147,7 @@ def train(
                 device = torch.device("cuda", d.local_rank)
                 torch.cuda.set_device(device)
         if cfg.threads > 0 or d.active:
-            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.local_world))
+            torch.set_num_threads(cfg.threads or distributed.threads_per_worker(d.local_world))
         _fit(cfg, run_dir, ckpt, device, d)
     finally:
         distributed.close(d)

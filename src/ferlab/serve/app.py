@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from ..distributed import threads_per_worker
 from ..media import MAX_PIXELS
 from ..predict import ProbaModel
 from .inputs import ApiError, parse_options, read_upload
@@ -313,7 +314,7 @@ def app_from_env() -> FastAPI:
     config = json.loads(os.environ[SETTINGS_ENV])
     # each worker gets its share of the cores, or N workers x all cores thrash each other
     # (torch's share also sizes ONNX Runtime sessions; OpenCV's detectors have their own pool)
-    share = max(1, (os.cpu_count() or 1) // config["workers"])
+    share = threads_per_worker(config["workers"])
     torch.set_num_threads(share)
     cv2.setNumThreads(share)
     configure_access_log()
