@@ -142,8 +142,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
 
     from .checkpoint import load_checkpoint
     from .classifier import load_model
-    from .evaluate import evaluate_probs
-    from .parts import load_splits
+    from .evaluate import evaluate_probs, load_split
     from .train import RUNTIME_KEYS, train
 
     if threads:
@@ -168,9 +167,8 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
         else:
             train(cfg)
         clf = load_model(run_dir / "best.pt")
-        data = load_splits(cfg, with_test=True)
-        x, y = data[f"{report_split}_x"], data[f"{report_split}_y"]
-        metrics = evaluate_probs(clf.predict_proba(x.numpy()), y.numpy())
+        part = load_split(cfg.data, report_split, cfg.split, cfg.seed, cfg.ignore_unknown)
+        metrics = evaluate_probs(clf.predict_proba(part.images), part.labels)
         result = {
             "variant": run_dir.parent.name,
             "seed": cfg.seed,
