@@ -203,16 +203,14 @@ def evaluate_split(
     same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
     if split_mode is None:
         split_mode = trained.get("split", "official") if same_data else "official"
+    if ignore_unknown is None:
+        ignore_unknown = bool(trained.get("ignore_unknown")) and same_data
     part = load_split(
         data_path,
         split,
         split_mode,
         seed=int(trained.get("seed", 0)) if same_data else 0,
-        ignore_unknown=(
-            bool(trained.get("ignore_unknown")) and same_data
-            if ignore_unknown is None
-            else ignore_unknown
-        ),
+        ignore_unknown=ignore_unknown,
     )
     return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
 
