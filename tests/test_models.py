@@ -126,3 +126,13 @@ def test_imagenet_weights_download_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(OSError, match="ImageNet weights could not be downloaded from http"):
         create_model("vgg19", pretrained="imagenet")
+
+
+def test_stride_two_stem_ends_on_the_same_3x3_grid():
+    # vggnet_s24 runs vggnet_s's stages at half the resolution; dropping its last pool keeps
+    # GAP reading the whole 3x3 map (a 2x2 pool of 3x3 would silently drop a row and a column)
+    x = torch.rand(1, 1, 48, 48)
+    for name in ("vggnet_s", "vggnet_s24"):
+        assert create_model(name).features(x).shape == (1, 256, 3, 3), name
+    first = create_model("vggnet_s24").features[0]
+    assert first.stride == (2, 2)

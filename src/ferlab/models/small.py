@@ -29,7 +29,12 @@ def _init(model: nn.Module) -> None:
 
 
 class VGGNet(nn.Module):
-    """VGG-style: stages of ``depth`` conv-BN-ReLU then max-pool (48->24->12->6->3), GAP."""
+    """VGG-style: stages of ``depth`` conv-BN-ReLU then max-pool (48->24->12->6->3), GAP.
+
+    ``stem_stride=2`` makes the first convolution stride 2, so the stages run at 24, 12, 6
+    and 3 pixels for a quarter of the compute; the last pool is then dropped (a 2x2 pool of
+    a 3x3 map would ignore a row and a column) and GAP reads the 3x3 map.
+    """
 
     def __init__(
         self,
@@ -37,14 +42,17 @@ class VGGNet(nn.Module):
         depth: int = 2,
         num_classes: int = 7,
         dropout: float = 0.3,
+        stem_stride: int = 1,
     ):
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1
-        for w in widths:
+        for s, w in enumerate(widths):
             for i in range(depth):
-                layers += _conv_bn(cin if i == 0 else w, w)
-            layers.append(nn.MaxPool2d(2))
+                first = s == 0 and i == 0
+                layers += _conv_bn(cin if i == 0 else w, w, stem_stride if first else 1)
+            if stem_stride == 1 or s < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
@@ -118,6 +126,15 @@ def vggnet_s(num_classes: int = 7, widths: tuple[int, ...] = (32, 64, 128, 256),
 def vggnet_t(num_classes: int = 7, widths: tuple[int, ...] = (16, 32, 64, 128), **kw) -> nn.Module:
     """A half-width ``vggnet_s`` (about 0.3M params): the fast model's student."""
     return VGGNet(tuple(widths), num_classes=num_classes, **kw)
+
+
+@register_model
+def vggnet_s24(
+    num_classes: int = 7, widths: tuple[int, ...] = (32, 64, 128, 256), **kw
+) -> nn.Module:
+    """``vggnet_s`` behind a stride-2 first convolution (1.2M params, a quarter of the compute):
+    as fast as ``vggnet_t`` on ONNX Runtime, a candidate for the fast model."""
+    return VGGNet(tuple(widths), num_classes=num_classes, stem_stride=2, **kw)
 
 
 @register_model
