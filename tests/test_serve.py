@@ -128,6 +128,9 @@ def test_batch_keeps_order_and_reports_bad_items(client, photos):
     body = client.post("/v1/predict/batch", json={"images": images, "no_detect": True}).json()
     assert [len(r["faces"]) for r in body] == [1, 1]
     assert body[1]["faces"][0]["box"] == [0, 0, 600, 400]
+    # a null item is refused by index: skipping it would shift later results onto it
+    r = client.post("/v1/predict/batch", json={"images": [images[0], None, images[1]]})
+    assert error(r, 422) == "images[1]: expected a base64 string, got null"
 
 
 def test_models_health_ready_page_and_docs(client, tiny_model):
@@ -184,6 +187,11 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         ({"model": "."}, r"model \.: no such checkpoint"),  # a folder without best.pt
         ({"model": "default", "runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
         ({"detector": "yolo"}, "unknown face detector 'yolo'"),
+        # with workers, a bad limit used to pass here and crash every worker in a restart loop
+        ({"model": "default", "max_batch": 0}, "max_batch must be at least 1, got 0"),
+        ({"model": "default", "batch_wait_ms": -1}, "batch_wait_ms must be at least 0, got -1"),
+        ({"model": "default", "max_upload_mb": 0}, "max_upload_mb must be above 0, got 0"),
+        ({"model": "default", "timeout_s": float("nan")}, "timeout_s must be above 0, got nan"),
     ],
 )
 @pytest.mark.parametrize("workers", [1, 2])
@@ -378,6 +386,12 @@ def test_not_an_image_or_corrupt(client, photos):
 def test_bad_options_and_unknown_paths_are_json(client, photos):
     assert "available" in error(post(client, "a.png", photos["face.png"], detector="yolo"), 422)
     assert "top_k" in error(post(client, "a.png", photos["face.png"], top_k=9), 422)
+    b64 = base64.b64encode(photos["face.png"]).decode()
+    for bad in (2.9, True, [], "", "2.5"):  # int() would have made a k of each
+        r = client.post("/v1/predict", json={"image": b64, "no_detect": True, "top_k": bad})
+        assert f"top_k must be an integer 0..7, got {bad!r}" == error(r, 422)
+    r = client.post("/v1/predict", json={"image": b64, "no_detect": True, "top_k": "2"})
+    assert len(r.json()["faces"][0]["top"]) == 2
     assert error(client.get("/v2/predict"), 404) == "Not Found"
     assert error(client.get("/v1/predict"), 405)
 
@@ -392,6 +406,14 @@ def test_api_key(tiny_model, photos):
             r = c.post("/v1/predict", files={"file": photos["face.png"]}, headers=headers)
             assert r.status_code == 200, r.text
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+    # behind a proxy at /fer (uvicorn --root-path), the key still guards /fer/v1/...
+    app = create_app(tiny_model, api_key="s3cret")
+    with TestClient(app, root_path="/fer") as c:
+        assert "missing API key" in error(c.get("/fer/v1/models"), 401)
+        r = c.get("/fer/v1/models", headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200 and r.json()["name"] == "vggnet_s"
+        assert c.get("/fer/healthz").status_code == 200
+    assert 'path="/v1/models"' in TestClient(app).get("/metrics").text  # not counted as other
 
 
 class SlowModel:

@@ -30,7 +30,7 @@ from ..distributed import threads_per_worker
 from ..media import MAX_PIXELS
 from ..predict import ProbaModel
 from .inputs import ApiError, parse_options, read_upload
-from .metrics import ObserveMiddleware, configure_access_log
+from .metrics import ObserveMiddleware, configure_access_log, route_path
 from .service import Service, check_settings
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def _key_check(api_key: str | None):
     expected = api_key.encode()
 
     def check(scope: dict) -> Response | None:
-        if not scope["path"].startswith("/v1/"):
+        if not route_path(scope).startswith("/v1/"):
             return None
         headers = Headers(scope=scope)
         bearer = headers.get("authorization", "")
@@ -292,9 +292,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **setting
     if workers > 1:  # the workers build the app: what cannot work must stop us here, not each
         if not isinstance(settings.get("model"), str | Path | None):
             raise ValueError("serve: workers > 1 load the model themselves; pass a path or name")
-        check_settings(
-            **{k: settings[k] for k in ("model", "runtime", "detector") if k in settings}
-        )
+        check_settings(**{k: v for k, v in settings.items() if k != "api_key"})
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
         os.environ[SETTINGS_ENV] = json.dumps({"workers": workers, "settings": settings})
         target: Any = f"{__name__}:app_from_env"

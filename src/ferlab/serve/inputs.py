@@ -85,7 +85,8 @@ def _kind(data: bytes) -> str:
 def decode_base64(text: Any) -> bytes:
     """Bytes of a base64 string, plain or a ``data:image/...;base64,`` URL."""
     if not isinstance(text, str):
-        raise ApiError(422, "images must be base64 strings")
+        got = "null" if text is None else type(text).__name__
+        raise ApiError(422, f"expected a base64 string, got {got}")
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
@@ -167,13 +168,19 @@ async def _read_json(request: Request, batch: bool, limit: int) -> Upload:
         raise ApiError(400, f"request body is not valid JSON ({e})") from None
     if not isinstance(doc, dict):
         raise ApiError(422, 'the JSON body must be an object such as {"image": "<base64>"}')
-    items = (doc.pop("images", None) or []) if batch else [doc.pop("image", None)]
-    if not isinstance(items, list):
-        raise ApiError(422, '"images" must be a list of base64 strings')
+    if batch:
+        items = doc.pop("images", None)
+        if items is None:
+            items = []
+        elif not isinstance(items, list):
+            raise ApiError(422, '"images" must be a list of base64 strings')
+    else:  # a missing or null "image" is answered as "no image in the request"
+        item = doc.pop("image", None)
+        items = [] if item is None else [item]
     images: list[tuple[str | None, bytes]] = []
     for i, item in enumerate(items):
-        if item is None:
-            continue
+        # a null inside a batch is an error, not skipped: skipping would shift every later
+        # result onto the wrong index, and JSON results carry no name to match them by
         try:
             images.append((None, decode_base64(item)))
         except ApiError as e:  # which of the batch's images, not just that one is bad
@@ -210,11 +217,13 @@ def parse_options(values: Mapping[str, Any], default: str, available: list[str])
         raise ApiError(
             422, f"detector {detector!r} is unknown or not installed; available: {available}"
         )
-    top = values.get("top_k") or 0
-    try:
-        top_k = int(top)
-    except (TypeError, ValueError):
-        raise ApiError(422, f"top_k must be an integer 0..{len(EMOTIONS)}, got {top!r}") from None
+    top = values.get("top_k", 0)
+    # whole numbers only, as int or digits: int() would also turn 2.9, true or [] into a k
+    if isinstance(top, str) and top.strip().isdigit():
+        top = int(top)
+    if isinstance(top, bool) or not isinstance(top, int):
+        raise ApiError(422, f"top_k must be an integer 0..{len(EMOTIONS)}, got {top!r}")
+    top_k = top
     if not 0 <= top_k <= len(EMOTIONS):
         raise ApiError(422, f"top_k must be 0..{len(EMOTIONS)}, got {top_k}")
     return Options(detector, top_k)

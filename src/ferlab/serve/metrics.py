@@ -115,6 +115,15 @@ def configure_access_log() -> None:
         access_log.propagate = False
 
 
+def route_path(scope: dict) -> str:
+    """The path the app routes on: under ``--root-path /fer`` uvicorn puts the prefix into
+    ``scope["path"]`` and Starlette strips it before routing, so checks must strip it too."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 class ObserveMiddleware:
     """ASGI middleware: API key check on /v1/, then metrics and a JSON access-log line.
 
@@ -149,9 +158,9 @@ class ObserveMiddleware:
             self._record(scope, status, time.perf_counter() - t0, int(state.get("faces", 0)))
 
     def _record(self, scope: dict, status: int, seconds: float, faces: int) -> None:
-        path = scope["path"]
+        path = route_path(scope)
         route = path if path in self.routes else "/static" if path.startswith("/static/") else ""
         self.metrics.observe_request(scope["method"], route or "other", status, seconds, faces)
-        line = {"time": round(time.time(), 3), "method": scope["method"], "path": path}
+        line = {"time": round(time.time(), 3), "method": scope["method"], "path": scope["path"]}
         line.update(status=status, ms=round(seconds * 1000, 2), faces=faces)
         access_log.info(json.dumps(line))

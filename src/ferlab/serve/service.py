@@ -32,13 +32,22 @@ def load_for_serving(model: str | Path | None = None, runtime: str = "torch") ->
 
 
 def check_settings(
-    model: ProbaModel | str | Path | None = None, runtime: str = "torch", detector: str = "haar"
+    model: ProbaModel | str | Path | None = None,
+    runtime: str = "torch",
+    detector: str = "haar",
+    **limits: float,
 ) -> None:
     """Fail at startup, not in the background load, on settings that cannot work: a server
-    that starts and then reports "not ready" forever hides a typo from whoever started it.
-    The defaults are :func:`~ferlab.serve.create_app`'s; a loaded model needs no check."""
+    that starts and then reports "not ready" forever hides a typo from whoever started it,
+    and with several workers a bad limit would crash and restart every worker in a loop.
+    The defaults are :func:`~ferlab.serve.create_app`'s; a loaded model needs no check.
+    ``limits``: any of :class:`Service`'s numeric settings."""
     from ..classifier import check_runtime, model_file, shipped_models
 
+    for name, value in limits.items():
+        ok, need = _LIMITS[name]
+        if not ok(value):
+            raise ValueError(f"serve: {name} must be {need}, got {value}")
     check_runtime(runtime)
     if isinstance(model, str | Path | None) and not model_file(model).exists():
         names = ", ".join(shipped_models()) or "none installed"
@@ -47,6 +56,26 @@ def check_settings(
             f"name ({names})"
         )
     create_detector(detector)  # unknown names and missing extras raise, with the fix
+
+
+def _at_least_one(v: float) -> bool:
+    return v >= 1
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+# each numeric setting's test (NaN fails all) and what the error says it expects
+_LIMITS = {
+    "batch_wait_ms": (lambda v: v >= 0, "at least 0"),
+    "max_batch": (_at_least_one, "at least 1"),
+    "max_upload_mb": (_positive, "above 0"),
+    "max_pixels": (_at_least_one, "at least 1"),
+    "max_images": (_at_least_one, "at least 1"),
+    "timeout_s": (_positive, "above 0"),
+    "detect_threads": (_at_least_one, "at least 1"),
+}
 
 
 @functools.cache
@@ -93,7 +122,18 @@ class Service:
         loaded = model is not None and not isinstance(model, str | Path)
         self.model: ProbaModel | None = model if loaded else None  # type: ignore[assignment]
         self.source: str | Path | None = None if loaded else model  # type: ignore[assignment]
-        check_settings(model, runtime, detector)
+        check_settings(
+            model,
+            runtime,
+            detector,
+            batch_wait_ms=batch_wait_ms,
+            max_batch=max_batch,
+            max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels,
+            max_images=max_images,
+            timeout_s=timeout_s,
+            detect_threads=detect_threads,
+        )
         self.runtime = runtime
         self.load_error: str | None = None
         self.detectors = list(available_detectors())
