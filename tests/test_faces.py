@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from ferlab.data import read_image
 from ferlab.faces import (
     MARGIN,
     DlibDetector,
@@ -15,6 +16,7 @@ from ferlab.faces import (
     create_detector,
     crop_face,
     crop_faces,
+    crop_margin,
     list_detectors,
 )
 
@@ -131,9 +133,18 @@ def test_boxes_clipped_to_image(astronaut):
     assert w > 50 and y >= 0 and x + w <= shifted.shape[1] and y + h <= shifted.shape[0]
 
 
-def test_none_detector_whole_image(astronaut):
+def test_none_detector_takes_the_centre_square_as_folder_datasets_do(astronaut, tmp_path):
     assert create_detector("none").detect(astronaut) == [(0, 0, 512, 512)]
-    assert create_detector("none").detect(np.zeros((48, 40), np.uint8)) == [(0, 0, 40, 48)]
+    assert create_detector("none").detect(np.zeros((48, 40), np.uint8)) == [(0, 4, 40, 40)]
+    # a 100x60 face crop with black side bands: the centre square is all white, so
+    # `predict --no-detect` sees what training and `evaluate` on a folder see
+    # (padding the whole frame to a square instead would bring the bands in)
+    img = np.zeros((60, 100), np.uint8)
+    img[:, 20:80] = 255
+    cv2.imwrite(str(tmp_path / "wide.png"), img)
+    crop = crop_faces(img, create_detector("none").detect(img), crop_margin("none"))
+    assert (crop == 255).all()
+    np.testing.assert_array_equal(crop[0], read_image(tmp_path / "wide.png"))
 
 
 def test_unknown_detector_lists_valid_names():

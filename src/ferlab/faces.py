@@ -224,13 +224,21 @@ class DlibDetector:
 
 
 class WholeImageDetector:
-    """One box covering the whole image: for inputs that are already face crops."""
+    """For inputs that are already face crops: one box, the image's centred square, which
+    is how folder datasets crop images for training and ``ferlab evaluate``."""
 
     name = "none"
 
     def detect(self, image: np.ndarray) -> list[Box]:
         height, width = np.asarray(image).shape[:2]
-        return [(0, 0, width, height)]
+        side = min(width, height)
+        return [((width - side) // 2, (height - side) // 2, side, side)]
+
+
+def crop_margin(detector: str) -> float:
+    """The margin to crop boxes of ``detector`` with: ready-made crops are used as they are,
+    detected boxes get FER-2013's :data:`MARGIN`."""
+    return 0.0 if detector == "none" else MARGIN
 
 
 def list_detectors() -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .data import EMOTIONS, atomic_write_bytes
-from .faces import MARGIN, FaceDetector, create_detector, crop_faces
+from .faces import FaceDetector, create_detector, crop_faces, crop_margin
 from .media import FILE_KINDS, VIDEO_SUFFIXES, as_rgb, iter_files, read_rgb
 from .transforms import check_tta
 
@@ -193,8 +193,7 @@ class Predictor:
         self.batch_size = batch_size
         check_tta(tta)  # refused before any file is read; None stays the model's own
         self.tta = tta
-        # ready-made crops are used as they are; detected boxes get FER-2013's margin
-        self.margin = 0.0 if self.detector.name == "none" else MARGIN
+        self.margin = crop_margin(self.detector.name)
 
     def __call__(self, source: Any, every: int = 1, smooth: float = 0.0) -> Iterator[Prediction]:
         """Yield a Prediction per image or frame of ``source`` (path, folder, video, array,
