@@ -38,6 +38,7 @@ def test_ensemble_averages_calibrated_members_and_round_trips(faces, tmp_path): 
     np.testing.assert_allclose(loaded.predict_proba(faces), got, atol=5e-3)  # fp16 members
     onnx = load_model(manifest, runtime="onnx")
     np.testing.assert_allclose(onnx.predict_proba(faces), loaded.predict_proba(faces), atol=1e-4)
+    assert (loaded.runtime, onnx.runtime) == ("torch", "onnx")  # what `ferlab serve` reports
 
     # a save killed after replacing a member, before the manifest: the old manifest is refused
     old_manifest = manifest.read_bytes()

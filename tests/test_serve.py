@@ -241,6 +241,14 @@ def test_model_by_path_run_by_onnx_runtime(tiny_model, photos, tmp_path):
     want = tiny_model.predict_proba(crop_face(crop, (0, 0, 95, 95), margin=0.0))
     got = [onnx["emotions"][e] for e in EMOTIONS]
     assert got == pytest.approx(list(want[0]), abs=1e-4)
+    # an ensemble has no session of its own: its members' runtime is what it runs on
+    from ferlab.ensemble import Ensemble
+    from ferlab.export import export_onnx
+    from ferlab.onnx_model import load_onnx
+
+    member = load_onnx(export_onnx(tiny_model, tmp_path / "m.onnx"))
+    with TestClient(create_app(Ensemble([member, member]))) as c:
+        assert c.get("/v1/models").json()["runtime"] == "onnx"
 
 
 def test_uploads_over_a_megabyte_stay_in_memory(client, monkeypatch):

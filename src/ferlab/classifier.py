@@ -27,6 +27,8 @@ def check_faces(faces: np.ndarray) -> np.ndarray:
 class Classifier:
     """Classifies 48x48 grayscale faces with the preprocessing the model was trained with."""
 
+    runtime = "torch"  # what runs it (OnnxClassifier: "onnx"), as reported by `ferlab serve`
+
     def __init__(
         self,
         model: nn.Module,

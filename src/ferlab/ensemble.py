@@ -78,6 +78,11 @@ class Ensemble:
         self.name = KIND
         self.meta = meta or {}
 
+    @property
+    def runtime(self) -> str:
+        """The members' runtime: "onnx", "torch", or both as "onnx+torch"."""
+        return "+".join(sorted({getattr(m, "runtime", "torch") for m in self.members}))
+
     def member_probs(self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None):
         """Each member's uncalibrated probabilities, ``(members, N, 7)``."""
         faces = check_faces(faces)

@@ -21,6 +21,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 class OnnxClassifier:
     """An exported ``.onnx`` file (path or bytes) run by ONNX Runtime, as a Classifier."""
 
+    runtime = "onnx"
+
     def __init__(self, source: str | Path | bytes, threads: int = 0):
         import onnxruntime as ort
 

@@ -24,7 +24,9 @@ def predict(
         str, typer.Option(help="torch or onnx (exports the model on the fly)")
     ] = "torch",
     detector: Annotated[str, typer.Option(help="Face detector (haar, ...) or none")] = "haar",
-    no_detect: Annotated[bool, typer.Option("--no-detect", help="Inputs are face crops (centre square)")] = False,
+    no_detect: Annotated[
+        bool, typer.Option("--no-detect", help="Inputs are face crops (centre square)")
+    ] = False,
     format: Annotated[
         str | None,
         typer.Option(help="json, csv or md; with --out a list [default: json, or json,csv,md]"),

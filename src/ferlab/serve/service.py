@@ -174,7 +174,7 @@ class Service:
             "classes": list(model.classes),
             "input_size": [size, size],
             "preprocess": spec,
-            "runtime": "onnx" if hasattr(model, "session") else "torch",
+            "runtime": getattr(model, "runtime", "torch"),
             "detectors": self.detectors,
             "default_detector": self.detector,
             "batching": {"wait_ms": self.batcher.wait * 1000, "max_batch": self.batcher.max_batch},
