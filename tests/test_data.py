@@ -221,6 +221,35 @@ def test_folder_images_are_upright_and_16_bit_is_scaled_not_clipped(tmp_path):
     assert got[:20].mean() < 20 and got[28:].mean() > 235
 
 
+def test_every_decoder_refuses_postscript_whatever_the_file_is_called(tmp_path, monkeypatch):
+    # Pillow identifies files by content and hands EPS to Ghostscript: an untrusted folder's
+    # "photo.jpg" must never reach that plugin, in datasets, predict or the server
+    from PIL import EpsImagePlugin
+
+    from ferlab.data import DataError, read_image
+    from ferlab.media import read_rgb
+    from ferlab.serve.inputs import ApiError, decode_image
+
+    def opened(*args):
+        raise AssertionError("the EPS plugin was asked to open the file")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", opened)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 48 48\nshowpage\n"
+    (tmp_path / "photo.jpg").write_bytes(eps)
+    with pytest.raises(DataError, match=r"photo\.jpg: not a readable image \(cannot identify"):
+        read_image(tmp_path / "photo.jpg")
+    with pytest.raises(ValueError, match=r"photo\.jpg: not a readable image \(cannot identify"):
+        read_rgb(tmp_path / "photo.jpg")
+    with pytest.raises(ApiError, match="not a supported image"):
+        decode_image(eps, 10**6, 10**6)
+    # the portable graymaps some face datasets ship still read
+    save = tmp_path / "face.pgm"
+    from PIL import Image
+
+    Image.fromarray(np.full((48, 48), 77, np.uint8)).save(save)
+    assert (read_image(save) == 77).all()
+
+
 def test_a_damaged_cache_is_parsed_again_and_replaced(tiny_csv, tmp_path, caplog):
     first = load_fer2013_csv(tiny_csv)
     (cache,) = (tmp_path / "cache").glob("*.npz")

@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -187,6 +188,20 @@ def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
 # ---------------------------------------------------------------- image folders
 
 
+# formats photos and cameras produce (JPEG covers MPO) and PGM/PPM of face datasets; never
+# EPS (Pillow hands it to Ghostscript) or rarer decoders, whatever a file's name says.
+# init() registers every plugin; the list keeps those this Pillow has.
+Image.init()
+IMAGE_FORMATS = tuple(
+    f for f in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM") if f in Image.OPEN
+)
+
+
+def open_image(source: str | Path | IO[bytes]) -> Image.Image:
+    """``Image.open`` limited to :data:`IMAGE_FORMATS`, for every decoder of ferlab."""
+    return Image.open(source, formats=IMAGE_FORMATS)
+
+
 def upright_8bit(im: Image.Image) -> Image.Image:
     """``im`` turned upright by its EXIF orientation, 16-bit and float images rescaled to
     8 bits: PIL's own ``convert("L")`` or ``("RGB")`` clips them, turning a 16-bit photo white.
@@ -203,7 +218,7 @@ def upright_8bit(im: Image.Image) -> Image.Image:
 def read_image(path: Path, size: int = SIZE) -> np.ndarray:
     """Read any image as a ``size`` x ``size`` uint8 grayscale array (centre square crop)."""
     try:
-        with Image.open(path) as src:
+        with open_image(path) as src:
             im = upright_8bit(src).convert("L")
             w, h = im.size
             s = min(w, h)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data import IMAGE_SUFFIXES, upright_8bit
+from .data import IMAGE_SUFFIXES, open_image, upright_8bit
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FILE_KINDS = (*IMAGE_SUFFIXES, ".webp", ".tif", ".tiff", ".gif", *VIDEO_SUFFIXES)
@@ -21,7 +21,7 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8, honouring EXIF orientation; refuse huge images."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.width * im.height > max_pixels:
                 raise ValueError(
                     f"{path}: image is {im.width}x{im.height} pixels, over the limit of "

@@ -21,13 +21,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from ..data import EMOTIONS
+from ..data import EMOTIONS, IMAGE_FORMATS, open_image
 from ..media import pil_to_rgb
-
-# formats a browser or camera produces (JPEG covers MPO), never EPS (Ghostscript) or other
-# exotic decoders; init() registers them all, and the list keeps those this Pillow has
-Image.init()
-FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
 
 
 class ApiError(Exception):
@@ -58,9 +53,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=FORMATS)
+            im = open_image(io.BytesIO(data))
     except UnidentifiedImageError:
-        kinds = ", ".join(f.lower() for f in FORMATS)
+        kinds = ", ".join(f.lower() for f in IMAGE_FORMATS)
         raise ApiError(415, f"not a supported image; send one of: {kinds}") from None
     except Image.DecompressionBombError as e:
         raise ApiError(413, f"image has too many pixels ({e})") from None
