@@ -246,7 +246,7 @@ def test_cli_video_every_format(tmp_path, astronaut, tiny_model):
         assert (tmp_path / "v" / name).is_file(), name
 
 
-def test_failed_run_leaves_no_partial_video(tiny_model, tmp_path, astronaut):
+def test_stopped_run_keeps_its_results_but_no_partial_video(tiny_model, tmp_path, astronaut):
     video = write_video(tmp_path / "clip.mp4", astronaut, n=4)
 
     def broken():
@@ -254,9 +254,14 @@ def test_failed_run_leaves_no_partial_video(tiny_model, tmp_path, astronaut):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_predictions(broken(), tmp_path / "out")
+        write_predictions(broken(), tmp_path / "out", formats=("json", "csv"))
     assert list((tmp_path / "out").glob("*.mp4")) == []
     assert list((tmp_path / "out").glob(".*")) == []
+    # the four frames classified before Ctrl-C, named partial, never as a finished run
+    assert not (tmp_path / "out" / "predictions.json").exists()
+    kept = json.loads((tmp_path / "out" / "predictions.partial.json").read_text())
+    assert [r["frame"] for r in kept] == [0, 1, 2, 3] and len(kept[0]["faces"]) == 1
+    assert (tmp_path / "out" / "predictions.partial.csv").is_file()
 
 
 def test_same_names_in_two_folders_keep_every_output(tiny_model, tmp_path, astronaut):

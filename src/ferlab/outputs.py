@@ -158,7 +158,8 @@ def write_predictions(
     annotate: bool = True,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Consume ``predictions`` and write predictions.{json,csv,md}, annotated images and
-    videos and, for videos, an emotion timeline under ``out_dir``. Returns (records, files)."""
+    videos and, for videos, an emotion timeline under ``out_dir``. Returns (records, files).
+    If ``predictions`` raises (or Ctrl-C), the records so far go to predictions.partial.*."""
     from .plots import save_figure, timeline_figure
 
     out = Path(out_dir)
@@ -180,6 +181,9 @@ def write_predictions(
                 files.append(pred.save(out / "annotated" / f"{name(pred.path)}.jpg"))
     except BaseException:
         sink.close(ok=False)  # a half-written video never takes the final name
+        # a stopped or failed run keeps what it classified, under names that say so
+        for fmt in formats if records else ():
+            write_text(out / f"predictions.partial.{fmt}", FORMATS[fmt](records))
         raise
     # the predictions first: a video that fails to finish must not cost the run's results
     for fmt in formats:
