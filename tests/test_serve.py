@@ -192,6 +192,10 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         ({"model": "default", "batch_wait_ms": -1}, "batch_wait_ms must be at least 0, got -1"),
         ({"model": "default", "max_upload_mb": 0}, "max_upload_mb must be above 0, got 0"),
         ({"model": "default", "timeout_s": float("nan")}, "timeout_s must be above 0, got nan"),
+        (  # a budget below one full batch request would refuse it even on an idle server
+            {"model": "default", "max_pending_mb": 100},
+            r"max_pending_mb must be at least the largest request, 426\.7 MB",
+        ),
     ],
 )
 @pytest.mark.parametrize("workers", [1, 2])
@@ -471,6 +475,32 @@ def test_timeout_504_while_health_still_answers(tiny_model, photos):
             model.release.set()
 
 
+def test_uploads_held_at_once_are_bounded_across_requests(tiny_model):
+    # one request's body is capped by max_upload_mb; max_pending_mb caps the sum over the
+    # requests in flight, so a burst of big uploads gets 503 instead of exhausting memory
+    noise = np.random.default_rng(0).integers(0, 256, (290, 290, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG")
+    big = buf.getvalue()  # about 253 KB: more than half of the budget below
+    model = BlockedModel(tiny_model)
+    app = create_app(model, max_upload_mb=0.3, max_images=1, max_pending_mb=0.47)
+    with TestClient(app) as c:
+        first = {}
+        thread = threading.Thread(
+            target=lambda: first.update(r=post(c, "a.png", big, no_detect=True))
+        )
+        thread.start()
+        try:
+            assert model.entered.wait(30)  # the first request holds its bytes in the model
+            assert "server busy" in error(post(c, "b.png", big, no_detect=True), 503)
+        finally:
+            model.release.set()
+            thread.join(30)
+        assert first["r"].status_code == 200
+        assert app.state.service.pending.used == 0  # given back, the refused one's too
+        assert post(c, "c.png", big, no_detect=True).status_code == 200
+
+
 def test_model_crash_is_a_json_500(tiny_model, photos):
     with TestClient(
         create_app(SlowModel(tiny_model, fail=True)), raise_server_exceptions=False
@@ -497,6 +527,7 @@ def test_serve_command_passes_its_options(monkeypatch):
         "batch_wait_ms": 0.0,
         "max_batch": 64,
         "max_upload_mb": 2.0,
+        "max_pending_mb": None,
         "timeout_s": 30.0,
         "api_key": "from-env",
     }

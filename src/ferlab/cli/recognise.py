@@ -129,6 +129,10 @@ def serve(
     ] = 5.0,
     max_batch: Annotated[int, typer.Option(help="Faces per model call, at most")] = 64,
     max_upload_mb: Annotated[float, typer.Option(help="Largest image accepted (MB)")] = 10.0,
+    max_pending_mb: Annotated[
+        float | None,
+        typer.Option(help="Uploads held at once, all requests (503 above) [default: 2 batches]"),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504")] = 30.0,
     api_key: Annotated[
         str | None,
@@ -148,6 +152,7 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         max_batch=max_batch,
         max_upload_mb=max_upload_mb,
+        max_pending_mb=max_pending_mb,
         timeout_s=timeout,
         api_key=api_key,
     )

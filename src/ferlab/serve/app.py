@@ -65,6 +65,7 @@ def create_app(
     max_upload_mb: float = 10.0,
     max_pixels: int = MAX_PIXELS,
     max_images: int = 32,
+    max_pending_mb: float | None = None,
     timeout_s: float = 30.0,
     api_key: str | None = None,
     runtime: str = "torch",
@@ -82,6 +83,8 @@ def create_app(
         max_upload_mb: largest image accepted (413 above).
         max_pixels: largest image accepted in pixels, width x height (413 above).
         max_images: most images in one batch request.
+        max_pending_mb: request bodies held in memory at once, all requests together
+            (503 above); None: twice the largest batch request.
         timeout_s: a request still unanswered after this gets 504.
         api_key: when set, /v1/ requests need ``X-API-Key: <key>`` or a Bearer token.
         runtime: "torch" or "onnx", for a model given by path or name.
@@ -96,6 +99,7 @@ def create_app(
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
         max_images=max_images,
+        max_pending_mb=max_pending_mb,
         timeout_s=timeout_s,
         detect_threads=detect_threads,
     )
@@ -188,10 +192,11 @@ async def _predict(request: Request, svc: Service, batch: bool, query: dict) -> 
     t0 = time.perf_counter()
 
     async def work() -> tuple[list, list]:
-        upload = await read_upload(request, batch, svc.body_limit(batch), svc.max_images)
-        given = {k: v for k, v in query.items() if v is not None}
-        opts = parse_options({**given, **upload.fields}, svc.detector, svc.detectors)
-        return upload.images, await svc.predict(upload.images, opts, t0)
+        with svc.pending.hold() as take:  # the body's bytes count until its answer is ready
+            upload = await read_upload(request, batch, svc.body_limit(batch), svc.max_images, take)
+            given = {k: v for k, v in query.items() if v is not None}
+            opts = parse_options({**given, **upload.fields}, svc.detector, svc.detectors)
+            return upload.images, await svc.predict(upload.images, opts, t0)
 
     try:
         images, results = await asyncio.wait_for(work(), svc.timeout_s)

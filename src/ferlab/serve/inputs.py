@@ -11,7 +11,8 @@ import binascii
 import io
 import json
 import warnings
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,13 +91,45 @@ def decode_base64(text: Any) -> bytes:
         raise ApiError(422, "image is not valid base64") from None
 
 
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+class ByteBudget:
+    """Bytes of request bodies held in memory by all requests of an app: past ``limit`` a
+    request gets 503, so a burst of large uploads cannot exhaust memory (each request is
+    already capped; this caps their sum). Used from the event loop only, so no lock."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A ``take(n)`` for one request; what it took is given back when the block ends."""
+        held = 0
+
+        def take(n: int) -> None:
+            nonlocal held
+            if self.used + n > self.limit:
+                raise ApiError(
+                    503, f"server busy: {self.used} bytes of uploads in progress; retry shortly"
+                )
+            self.used += n
+            held += n
+
+        try:
+            yield take
+        finally:
+            self.used -= held
+
+
+async def _limited(
+    request: Request, limit: int, take: Callable[[int], None]
+) -> AsyncGenerator[bytes, None]:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     seen = 0
     async for chunk in request.stream():
         seen += len(chunk)
         if seen > limit:
             raise ApiError(413, f"request body is over the limit of {limit} bytes")
+        take(len(chunk))
         yield chunk
 
 
@@ -106,17 +139,20 @@ class Upload:
     fields: dict[str, Any]  # options sent with the images (form fields, JSON keys)
 
 
-async def read_upload(request: Request, batch: bool, limit: int, max_images: int) -> Upload:
-    """The images of a multipart (``file``/``files``) or JSON (``image``/``images``) request."""
+async def read_upload(
+    request: Request, batch: bool, limit: int, max_images: int, take: Callable[[int], None]
+) -> Upload:
+    """The images of a multipart (``file``/``files``) or JSON (``image``/``images``) request;
+    ``take`` books each chunk of the body against the app's :class:`ByteBudget`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {declared} bytes, over the limit of {limit}")
     ctype = request.headers.get("content-type", "").lower()
     multipart = ctype.startswith("multipart/form-data")
     if multipart:
-        upload = await _read_multipart(request, batch, limit, max_images)
+        upload = await _read_multipart(request, batch, limit, max_images, take)
     elif ctype.startswith("application/json"):
-        upload = await _read_json(request, batch, limit)
+        upload = await _read_json(request, batch, limit, take)
     else:
         raise ApiError(
             415,
@@ -136,9 +172,11 @@ async def read_upload(request: Request, batch: bool, limit: int, max_images: int
     return upload
 
 
-async def _read_multipart(request: Request, batch: bool, limit: int, max_images: int) -> Upload:
+async def _read_multipart(
+    request: Request, batch: bool, limit: int, max_images: int, take: Callable[[int], None]
+) -> Upload:
     parser = _InMemoryParser(
-        request.headers, _limited(request, limit), max_files=max_images, max_fields=20
+        request.headers, _limited(request, limit, take), max_files=max_images, max_fields=20
     )
     try:
         form = await parser.parse()
@@ -155,8 +193,10 @@ async def _read_multipart(request: Request, batch: bool, limit: int, max_images:
     return Upload(images, fields)
 
 
-async def _read_json(request: Request, batch: bool, limit: int) -> Upload:
-    body = b"".join([chunk async for chunk in _limited(request, limit)])
+async def _read_json(
+    request: Request, batch: bool, limit: int, take: Callable[[int], None]
+) -> Upload:
+    body = b"".join([chunk async for chunk in _limited(request, limit, take)])
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -18,7 +18,7 @@ from ..faces import FaceDetector, create_detector, crop_faces, crop_margin, list
 from ..media import MAX_PIXELS
 from ..predict import Face, Prediction, ProbaModel
 from .batching import MicroBatcher
-from .inputs import ApiError, Options, decode_image
+from .inputs import ApiError, ByteBudget, Options, decode_image
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def check_settings(
     model: ProbaModel | str | Path | None = None,
     runtime: str = "torch",
     detector: str = "haar",
-    **limits: float,
+    **limits: float | None,
 ) -> None:
     """Fail at startup, not in the background load, on settings that cannot work: a server
     that starts and then reports "not ready" forever hides a typo from whoever started it,
@@ -46,8 +46,17 @@ def check_settings(
 
     for name, value in limits.items():
         ok, need = _LIMITS[name]
-        if not ok(value):
+        if value is not None and not ok(value):  # None: the setting's default
             raise ValueError(f"serve: {name} must be {need}, got {value}")
+    pending = limits.get("max_pending_mb")
+    if pending is not None:  # an idle server must still take its largest valid request
+        images, mb = limits.get("max_images") or 32, limits.get("max_upload_mb") or 10.0
+        largest = body_bytes(int(images), int(mb * 2**20))
+        if pending * 2**20 < largest:
+            raise ValueError(
+                f"serve: max_pending_mb must be at least the largest request, "
+                f"{largest / 2**20:.1f} MB (max_images x max_upload_mb, base64-inflated)"
+            )
     check_runtime(runtime)
     if isinstance(model, str | Path | None) and not model_file(model).exists():
         names = ", ".join(shipped_models()) or "none installed"
@@ -56,6 +65,12 @@ def check_settings(
             f"name ({names})"
         )
     create_detector(detector)  # unknown names and missing extras raise, with the fix
+
+
+def body_bytes(images: int, max_bytes: int) -> int:
+    """Most bytes a request with ``images`` images may send: base64-inflated, plus form
+    overhead."""
+    return images * max_bytes * 4 // 3 + 65536
 
 
 def _at_least_one(v: float) -> bool:
@@ -73,6 +88,7 @@ _LIMITS = {
     "max_upload_mb": (_positive, "above 0"),
     "max_pixels": (_at_least_one, "at least 1"),
     "max_images": (_at_least_one, "at least 1"),
+    "max_pending_mb": (_positive, "above 0"),
     "timeout_s": (_positive, "above 0"),
     "detect_threads": (_at_least_one, "at least 1"),
 }
@@ -116,6 +132,7 @@ class Service:
         max_upload_mb: float = 10.0,
         max_pixels: int = MAX_PIXELS,
         max_images: int = 32,
+        max_pending_mb: float | None = None,
         timeout_s: float = 30.0,
         detect_threads: int = 2,
     ):
@@ -133,14 +150,19 @@ class Service:
             max_images=max_images,
             timeout_s=timeout_s,
             detect_threads=detect_threads,
+            max_pending_mb=max_pending_mb,
         )
         self.runtime = runtime
         self.load_error: str | None = None
         self.detectors = list(available_detectors())
         self.detector = detector
-        self.max_bytes = int(max_upload_mb * 1024 * 1024)
+        self.max_bytes = int(max_upload_mb * 2**20)
         self.max_pixels = max_pixels
         self.max_images = max_images
+        largest = self.body_limit(batch=True)
+        self.pending = ByteBudget(
+            2 * largest if max_pending_mb is None else int(max_pending_mb * 2**20)
+        )
         self.timeout_s = timeout_s
         self.metrics = Metrics()
         self.batcher = MicroBatcher(self._classify, batch_wait_ms, max_batch, self._on_batch)
@@ -162,7 +184,7 @@ class Service:
 
     def body_limit(self, batch: bool) -> int:
         """Most bytes one request may send: its images, base64-inflated, plus form overhead."""
-        return (self.max_images if batch else 1) * self.max_bytes * 4 // 3 + 65536
+        return body_bytes(self.max_images if batch else 1, self.max_bytes)
 
     def info(self) -> dict[str, Any]:
         model = self.model
