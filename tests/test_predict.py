@@ -100,6 +100,11 @@ def test_video_streams_every_kth_frame_with_times(tiny_model, tmp_path, astronau
         ("6", "0.600"),
         ("9", "0.900"),
     ]
+    # the same video twice (as a file and inside its folder) is read once: a second pass
+    # would be appended to the same annotated video and timeline
+    again = list(Predictor(tiny_model)([tmp_path, video], every=3))
+    assert [p.frame for p in again] == [0, 3, 6, 9]
+    assert count_frames([tmp_path, video], every=3) == 4
 
 
 def test_smoothing_blends_matched_faces(tiny_model, tmp_path, astronaut):

@@ -60,15 +60,20 @@ def iter_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
 
 
-def count_frames(source: Any, every: int = 1) -> int | None:
-    """How many images or frames ``source`` yields (for progress bars); None if unknown."""
+def count_frames(source: Any, every: int = 1, seen: set[Path] | None = None) -> int | None:
+    """How many images or frames ``source`` yields (for progress bars); None if unknown.
+    A file given twice counts once, as the recogniser reads it once."""
+    seen = set() if seen is None else seen
     if isinstance(source, np.ndarray):
         return 1
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
             files = iter_files(path)
-            return sum(count_frames(f, every) or 1 for f in files) or 1  # or the error record
+            return sum(count_frames(f, every, seen) or 1 for f in files) or 1  # or the error
+        if path.resolve() in seen:
+            return 0
+        seen.add(path.resolve())
         if path.suffix.lower() in VIDEO_SUFFIXES:
             import cv2
 
@@ -78,6 +83,6 @@ def count_frames(source: Any, every: int = 1) -> int | None:
             return (n + every - 1) // every if n > 0 else None
         return 1
     if isinstance(source, Iterable):
-        counts = [count_frames(s, every) for s in source]
+        counts = [count_frames(s, every, seen) for s in source]
         return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
     return None

@@ -98,8 +98,11 @@ class Prediction:
         return path
 
 
-def _frames(source: Any, every: int) -> Iterator[Prediction]:
-    """Yield empty Predictions (image, path, frame, time) for every image or frame."""
+def _frames(source: Any, every: int, seen: set[Path] | None = None) -> Iterator[Prediction]:
+    """Yield empty Predictions (image, path, frame, time) for every image or frame; a file
+    given twice (``vids/ vids/a.mp4``) is read once: outputs are named by path, so a second
+    pass would append to the first's annotated video and timeline."""
+    seen = set() if seen is None else seen
     if isinstance(source, np.ndarray):
         yield Prediction(None, None, as_rgb(source))
     elif isinstance(source, str | Path):
@@ -110,17 +113,21 @@ def _frames(source: Any, every: int) -> Iterator[Prediction]:
                 kinds = " ".join(FILE_KINDS)
                 yield Prediction.failed(path, f"{path}: no images or videos found ({kinds})")
             for f in files:
-                yield from _frames(f, every)
+                yield from _frames(f, every, seen)
+        elif path.resolve() in seen:
+            return
         elif path.suffix.lower() in VIDEO_SUFFIXES:
+            seen.add(path.resolve())
             yield from _video_frames(path, every)
         else:
+            seen.add(path.resolve())
             try:
                 yield Prediction(str(path), None, read_rgb(path))
             except ValueError as e:
                 yield Prediction.failed(path, str(e))
     elif isinstance(source, Iterable):
         for s in source:
-            yield from _frames(s, every)
+            yield from _frames(s, every, seen)
     else:
         raise TypeError(f"unsupported source {type(source).__name__}: a path, array or list")
 
