@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -202,18 +203,29 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     # a trial killed after its last checkpoint resumes only under the recipe it began with
     (root / "a" / "seed0" / "result.json").unlink()
     args = ["experiment", str(suite), "--repeats", "1", "--out", str(tmp_path / "x")]
-    r = CliRunner().invoke(app, [*args, "--epochs", "3"])
+    r = CliRunner().invoke(app, [*args, "--variants", "a", "--epochs", "3"])
     assert r.exit_code == 1
     assert "a/seed0: ValueError: " in r.output and "was started with other epochs" in r.output
     assert not (root / "a" / "seed0" / "result.json").exists()
     # the recipe that counts is last.pt's, which train() resumes with, not config.yaml
     saved = root / "a" / "seed0" / "config.yaml"
     saved.write_text(saved.read_text().replace("epochs: 2", "epochs: 3"))
-    r = CliRunner().invoke(app, [*args, "--epochs", "3"])
+    r = CliRunner().invoke(app, [*args, "--variants", "a", "--epochs", "3"])
     assert r.exit_code == 1 and "was started with other epochs" in r.output
+    # a variant the suite no longer has stays out of its report
+    shutil.copytree(root / "b", root / "dropped")
     r = CliRunner().invoke(app, [*args, "--epochs", "2"])
     assert r.exit_code == 0, r.output
     assert json.loads((root / "a" / "seed0" / "result.json").read_text())["config"]["epochs"] == 2
+    md = (root / "report.md").read_text()
+    assert "dropped" not in md and "evaluated once on the test split" in md
+    # finished trials count only for the recipe and split they ran: a 2-epoch smoke run
+    # must not be averaged into a 3-epoch suite
+    before = (root / "b" / "seed0" / "result.json").read_bytes()
+    r = CliRunner().invoke(app, [*args, "--epochs", "3"])
+    assert r.exit_code == 1  # ferlab's main() prints it as one line
+    assert "a/seed0: finished with other epochs; delete it to retrain" in str(r.exception)
+    assert (root / "b" / "seed0" / "result.json").read_bytes() == before
     # the same report, written elsewhere (e.g. docs/) with the suite's notes and baseline
     doc = tmp_path / "doc"
     r = CliRunner().invoke(app, ["report", str(root), "--suite", str(suite), "--out", str(doc)])

@@ -221,6 +221,18 @@ def test_config_yaml_and_overrides(tmp_path):
         ("focal_alpha: [1, 2]", r"config focal_alpha: expected 7 numbers, got \[1, 2\]"),
         ("betas: [a, b]", r"config betas: expected 2 numbers, got \['a', 'b'\]"),
         ("lr: [1", "not valid YAML"),
+        # out of range: each used to fail late (batch_size 0: ZeroDivisionError after the
+        # data loaded) or not at all (early_stopping -1 stopped after epoch 1)
+        ("batch_size: 0", "config batch_size: expected a value at least 1, got 0"),
+        ("eval_batch_size: 0", "config eval_batch_size: expected a value at least 1, got 0"),
+        ("early_stopping: -1", "config early_stopping: expected a value at least 0, got -1"),
+        ("hflip: 1.5", r"config hflip: expected a value in \[0, 1\], got 1.5"),
+        ("distill_alpha: -0.1", r"config distill_alpha: expected a value in \[0, 1\]"),
+        ("lr: .nan", "config lr: expected a value above 0, got nan"),
+        ("subset: 0", r"config subset: expected a value in \(0, 1\], got 0"),
+        # settings the chosen loss would drop silently
+        ("focal_alpha: [1, 1, 1, 1, 1, 1, 1]", "focal_alpha: applies to loss: focal only"),
+        ("{loss: focal, label_smoothing: 0.1}", "label_smoothing: applies to loss: ce only"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:

@@ -89,6 +89,7 @@ class TrainConfig:
                 values[key] = _numbers(key, values[key], n)
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
+        _check_ranges(cfg)
         return cfg
 
     @classmethod
@@ -107,6 +108,65 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _at_least(low: float) -> tuple[Any, str]:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+def _within(low: float, high: float, open_high: bool = False) -> tuple[Any, str]:
+    if open_high:
+        return (lambda v: low <= v < high), f"in [{low:g}, {high:g})"
+    return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+
+
+_POSITIVE = ((lambda v: v > 0), "above 0")
+_PROBABILITY = _within(0, 1)
+
+# each numeric field's range: a value outside fails at startup with its name, not as a
+# ZeroDivisionError after the data loads or (early_stopping: -1) as a run that stops at once
+RANGES: dict[str, tuple[Any, str]] = {
+    "threads": _at_least(0),
+    "subset": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "frozen_blocks": _within(0, 5),
+    "epochs": _at_least(1),
+    "batch_size": _at_least(1),
+    "eval_batch_size": _at_least(1),
+    "lr": _POSITIVE,
+    "momentum": _within(0, 1, open_high=True),
+    "weight_decay": _at_least(0),
+    "plateau_factor": ((lambda v: 0 < v < 1), "in (0, 1)"),
+    "plateau_patience": _at_least(0),
+    "min_lr": _at_least(0),
+    "warmup_epochs": _at_least(0),
+    "early_stopping": _at_least(0),
+    "focal_gamma": _at_least(0),
+    "label_smoothing": _within(0, 1, open_high=True),
+    "ema": _within(0, 1, open_high=True),
+    "distill_alpha": _PROBABILITY,
+    "distill_temperature": _POSITIVE,
+    "hflip": _PROBABILITY,
+    "rotate": _at_least(0),
+    "shift": _within(0, 1, open_high=True),
+    "shear": _at_least(0),
+    "zoom": _within(0, 1, open_high=True),
+    "erase": _PROBABILITY,
+    "mixup": _at_least(0),
+    "cutmix": _at_least(0),
+    "mix_prob": _PROBABILITY,
+}
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    for key, (ok, expected) in RANGES.items():
+        value = getattr(cfg, key)
+        if not ok(value):  # NaN fails every test
+            raise ValueError(f"config {key}: expected a value {expected}, got {value!r}")
+    # settings the chosen loss ignores: silently dropping them would train another recipe
+    if cfg.loss != "focal" and cfg.focal_alpha is not None:
+        raise ValueError(f"config focal_alpha: applies to loss: focal only, got loss: {cfg.loss}")
+    if cfg.loss == "focal" and cfg.label_smoothing:
+        raise ValueError("config label_smoothing: applies to loss: ce only, got loss: focal")
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -136,6 +136,32 @@ class Trial:
         return (self.run_dir / "error.json").is_file() and not self.done
 
 
+def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The recipe fields (runtime keys aside) on which a saved config differs from ``cfg``."""
+    from .train import RUNTIME_KEYS
+
+    old = TrainConfig.from_dict(saved).to_dict()
+    return sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and old[k] != v)
+
+
+def _check_finished(suite: Suite, trial: Trial, cfg: TrainConfig) -> None:
+    """A finished trial counts only if it trained what the suite asks for now, on the split
+    it reports: a smoke run's 4-epoch trials must not be averaged into the full suite."""
+    path = trial.run_dir / "result.json"
+    result = json.loads(path.read_text())
+    try:
+        changed = changed_settings(result.get("config", {}), cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if result.get("split") != suite.report_split:
+        changed.append("report_split")
+    if changed:
+        raise ValueError(
+            f"{trial.run_dir}: finished with other {', '.join(changed)}; delete it to retrain, "
+            "restore the suite's settings, or give the suite another --out"
+        )
+
+
 def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str, Any]:
     """Train (resuming a killed trial), evaluate best.pt once on ``report_split``, save."""
     import torch
@@ -143,7 +169,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     from .checkpoint import load_checkpoint
     from .classifier import load_model
     from .evaluate import evaluate_probs, load_split
-    from .train import RUNTIME_KEYS, train
+    from .train import train
 
     if threads:
         torch.set_num_threads(threads)
@@ -154,10 +180,7 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
             # a resumed run keeps the recipe in its last.pt (what train() resumes with):
             # refuse one the suite no longer asks for, or result.json would describe
             # settings that were not trained
-            saved = TrainConfig.from_dict(load_checkpoint(run_dir / "last.pt")["config"]).to_dict()
-            changed = sorted(
-                k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and saved[k] != v
-            )
+            changed = changed_settings(load_checkpoint(run_dir / "last.pt")["config"], cfg)
             if changed:
                 raise ValueError(
                     f"{run_dir}: was started with other {', '.join(changed)}; "
@@ -195,7 +218,13 @@ def run_suite(
 ) -> list[Trial]:
     """Run the suite's unfinished trials; returns every trial (done, failed or skipped)."""
     trials = suite.trials(repeats, variants)
-    todo = [(suite.config(t.variant, t.seed, **budget), t) for t in trials if not t.done]
+    todo = []
+    for t in trials:
+        cfg = suite.config(t.variant, t.seed, **budget)
+        if t.done:
+            _check_finished(suite, t, cfg)
+        else:
+            todo.append((cfg, t))
     log.info(
         "%s: %d trials, %d done, %d to run",
         suite.name,

@@ -35,6 +35,7 @@ class TrialResult:
     metrics: dict[str, Any]
     history: list[dict[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    split: str = ""  # what it was evaluated on: test or val
 
     def per_class(self, metric: str) -> list[float]:
         return [self.metrics["per_class"][c][metric] for c in EMOTIONS]
@@ -59,6 +60,7 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
                 r["metrics"],
                 read_history(path.parent),
                 r.get("config", {}),
+                str(r.get("split", "")),
             )
         )
     for path in sorted(root.rglob("error.json")):
@@ -110,12 +112,17 @@ def build_report(
     notes: str = "",
     out: str | Path | None = None,
     order: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> list[Path]:
     """Write report.md, report.html, results.csv, results.json and plots/ for the trials
-    under ``root``, into ``out`` (default: ``root``)."""
+    under ``root``, into ``out`` (default: ``root``). ``only``: report these variants (a
+    suite's own), not others left under ``root`` by an earlier version of the suite."""
     root = Path(root)
     dest = Path(out) if out is not None else root
     results, failures = collect(root)
+    if only is not None:
+        results = [r for r in results if r.variant in only]
+        failures = [f for f in failures if f["run"].split("/")[0] in only]
     if not results and not failures:
         raise ValueError(f"{root}: no result.json or error.json found; nothing to report")
     groups = group(results)
@@ -210,9 +217,11 @@ def _budget(groups: dict[str, list[TrialResult]]) -> str:
         return ", ".join(sorted({str(t.config.get(key, "?")) for t in trials}))
 
     runs = ", ".join(f"{v} {len(ts)}" for v, ts in groups.items())
+    splits = ", ".join(sorted({t.split or "?" for t in trials}))
     return (
         f"Budget: at most {values('epochs')} epoch(s) per trial on a stratified "
-        f"{values('subset')} of the training split; runs per variant: {runs}."
+        f"{values('subset')} of the training split; runs per variant: {runs}. Each trial's "
+        f"best checkpoint is evaluated once on the {splits} split."
     )
 
 

@@ -271,7 +271,12 @@ def experiment(
     chosen = [v.strip() for v in variants.split(",")] if variants else None
     trials = run_suite(s, backend, workers, address, repeats, chosen, epochs=epochs, subset=subset)
     files = build_report(
-        Path(s.out) / s.name, s.baseline_name, s.name, notes=s.notes, order=list(s.variants)
+        Path(s.out) / s.name,
+        s.baseline_name,
+        s.name,
+        notes=s.notes,
+        order=list(s.variants),
+        only=list(s.variants),
     )
     console.print(f"report: {files[0]}")
     failed = [t for t in trials if t.failed]
@@ -302,7 +307,7 @@ def report(
         s = Suite.from_yaml(suite)
         baseline, title, notes = baseline or s.baseline_name, title or s.name, s.notes
         order = list(s.variants)
-    files = build_report(runs, baseline, title, notes, out, order)
+    files = build_report(runs, baseline, title, notes, out, order, only=order)
     console.print(f"report: {files[0]}")
 
 
