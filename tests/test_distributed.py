@@ -14,7 +14,7 @@ from ferlab.distill import teacher_probs
 from ferlab.distributed import Dist, gather_rows, launch
 from ferlab.evaluate import evaluate_probs
 from ferlab.export import export_safetensors
-from ferlab.parts import load_splits
+from ferlab.parts import build_parts, load_splits, restore
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +102,20 @@ def test_two_processes_match_one_and_only_rank0_writes(real_csv, tmp_path):
         load_model(ddp / "last.pt").predict_proba(data["val_x"].numpy()), data["val_y"].numpy()
     )
     assert f"{metrics.accuracy:.5f}" == b[-1]["val_acc"]
+
+
+def test_ranks_draw_their_own_dropout_and_checkpoint_it(real_csv, tmp_path):
+    # same seed on every rank would give row j of each rank's slice the same dropout mask
+    cfg = _cfg(real_csv, tmp_path, name="drop", epochs=1)
+    cfg.model_kwargs = {"widths": [8, 16, 16, 16], "dropout": 0.3}
+    train(cfg, nproc=2)
+    ckpt = torch.load(tmp_path / "runs" / "drop" / "last.pt", weights_only=True)
+    ranks = ckpt["rng"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    # a resumed rank 1 continues rank 1's stream, not rank 0's
+    parts = build_parts(cfg, load_splits(cfg), torch.device("cpu"), Dist())
+    restore(ckpt, parts, rank=1)
+    assert torch.equal(torch.get_rng_state(), ranks[1]["torch"])
 
 
 def test_torchrun_entry_point_and_uneven_batches(real_csv, tmp_path):

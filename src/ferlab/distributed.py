@@ -6,8 +6,9 @@ group its environment describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
 Every rank draws the same shuffle and the same augmentation for the whole global batch and
 trains on its slice ``rank::world``, so a run matches one process with the same global batch
-up to batch-norm statistics (per rank on CPU, where SyncBatchNorm does not run; synced on GPU)
-and the order of floating-point sums. Only rank 0 writes files.
+up to batch-norm statistics (per rank on CPU, where SyncBatchNorm does not run; synced on GPU),
+dropout masks (each rank draws its own, as one process draws one per row) and the order of
+floating-point sums. Only rank 0 writes files; checkpoints keep every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -52,14 +53,19 @@ def init(device: torch.device) -> Dist:
     world = int(env.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        # before any collective: NCCL stages objects on the current device, which is cuda:0
+        # in every process until set, and two ranks on one GPU fail or hang
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(
-        dist.get_rank(),
-        world,
-        int(env.get("LOCAL_RANK", "0")),
-        int(env.get("LOCAL_WORLD_SIZE", str(world))),
-    )
+    return Dist(dist.get_rank(), world, local_rank, int(env.get("LOCAL_WORLD_SIZE", str(world))))
+
+
+def rank_seed(seed: int, d: Dist) -> int:
+    """A seed for rank ``d.rank``'s own random stream (dropout), distinct per rank and run."""
+    return seed + 1_000_003 * (d.rank + 1)
 
 
 def close(d: Dist) -> None:
@@ -94,13 +100,29 @@ def gather_rows(part: torch.Tensor, n: int, d: Dist) -> torch.Tensor:
     """Reassemble ``n`` rows that ranks computed as slices ``rank::world``, in order."""
     if not d.active:
         return part
+    # NCCL gathers only GPU tensors (teacher targets are computed on the CPU); gloo, CPU ones
+    where = torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
     size = math.ceil(n / d.world)
-    padded = torch.zeros((size, *part.shape[1:]), dtype=part.dtype, device=part.device)
+    padded = torch.zeros((size, *part.shape[1:]), dtype=part.dtype, device=where)
     padded[: len(part)] = part
     parts = [torch.empty_like(padded) for _ in range(d.world)]
     dist.all_gather(parts, padded)
     # row j of rank r is item j * world + r; padding lands past n and is cut
-    return torch.stack(parts, 1).reshape(size * d.world, *part.shape[1:])[:n]
+    rows = torch.stack(parts, 1).reshape(size * d.world, *part.shape[1:])[:n]
+    return rows.to(part.device)
+
+
+def _nccl() -> bool:
+    return dist.get_backend() == "nccl"
+
+
+def all_objects(obj: Any, d: Dist) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order, on every rank."""
+    if not d.active:
+        return [obj]
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast(obj: Any, d: Dist) -> Any:

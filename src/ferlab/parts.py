@@ -112,10 +112,22 @@ def eval_model(parts: Parts) -> nn.Module:
     return parts.ema.module if parts.ema is not None else parts.model
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states: CPU, and the current GPU's (dropout draws there)."""
+    cuda = torch.cuda.is_initialized()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+
+
 def make_checkpoint(
-    cfg: TrainConfig, parts: Parts, state: dict[str, Any], val_acc: float, val_loss: float
+    cfg: TrainConfig,
+    parts: Parts,
+    state: dict[str, Any],
+    val_acc: float,
+    val_loss: float,
+    ranks_rng: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A plain dict: enough to rebuild the model without the CLI, and to resume exactly."""
+    """A plain dict: enough to rebuild the model without the CLI, and to resume exactly.
+    ``ranks_rng``: every rank's :func:`rng_state` in a distributed run."""
     return {
         "model_name": cfg.model,
         "model_kwargs": {
@@ -139,12 +151,14 @@ def make_checkpoint(
             "generator": parts.generator.get_state(),
             # dropout on a GPU draws from CUDA's own generators
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            **({"ranks": ranks_rng} if ranks_rng and len(ranks_rng) > 1 else {}),
         },
     }
 
 
-def restore(ckpt: dict[str, Any], parts: Parts) -> dict[str, Any]:
-    """Load a checkpoint's weights, optimiser, scheduler and RNG states; return its state."""
+def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]:
+    """Load a checkpoint's weights, optimiser, scheduler and RNG states (``rank``'s own in a
+    distributed run); return its state."""
     parts.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     if parts.ema is not None:
         parts.ema.module.load_state_dict(ckpt["model"])
@@ -156,4 +170,9 @@ def restore(ckpt: dict[str, Any], parts: Parts) -> dict[str, Any]:
     parts.generator.set_state(ckpt["rng"]["generator"])
     if ckpt["rng"].get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    ranks = ckpt["rng"].get("ranks") or []
+    if rank < len(ranks):  # each rank continues its own dropout stream
+        torch.set_rng_state(ranks[rank]["torch"])
+        if ranks[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ranks[rank]["cuda"])
     return ckpt["state"]

@@ -34,6 +34,7 @@ from .parts import (
     make_checkpoint,
     resolve_device,
     restore,
+    rng_state,
     steps_per_epoch,
 )
 from .transforms import scale, to_float
@@ -139,13 +140,12 @@ def train(
         return Path(resume) if resume is not None else _run_dir(cfg)
     cfg, run_dir, ckpt = _prepare(cfg, resume, runtime)
     device = resolve_device(cfg.device)
-    d = distributed.init(device)
+    d = distributed.init(device)  # on a GPU it also makes cuda:LOCAL_RANK current
     try:
         if d.active:
-            run_dir = distributed.broadcast(run_dir, d)  # a timestamped name is rank 0's
             if device.type == "cuda":
                 device = torch.device("cuda", d.local_rank)
-                torch.cuda.set_device(device)
+            run_dir = distributed.broadcast(run_dir, d)  # a timestamped name is rank 0's
         if cfg.threads > 0 or d.active:
             torch.set_num_threads(cfg.threads or distributed.threads_per_worker(d.local_world))
         _fit(cfg, run_dir, ckpt, device, d)
@@ -169,6 +169,8 @@ def _fit(
         resuming = ckpt is not None
         data["train_soft"] = _teacher_targets(cfg.teacher, data["train_x"], run_dir, resuming, d)
     parts = build_parts(cfg, data, device, d)
+    if d.active:  # same initial weights above; from here each rank draws its own dropout
+        torch.manual_seed(distributed.rank_seed(cfg.seed, d))
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
         data = {k: v.to(device) for k, v in data.items()}
     state: dict[str, Any] = {
@@ -180,7 +182,7 @@ def _fit(
     }
     rows: list[dict[str, Any]] = []
     if ckpt is not None:
-        state = restore(ckpt, parts)
+        state = restore(ckpt, parts, d.rank)
         # rows written after the checkpoint (killed in between) are dropped and redone
         rows = [r for r in read_history(run_dir) if int(r["epoch"]) <= state["epoch"] + 1]
         log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 2)
@@ -223,9 +225,10 @@ def _fit(
             epoch,
             cfg.early_stopping,
         )
+        ranks_rng = distributed.all_objects(rng_state(), d)  # a collective: every rank
         if d.main:
             write_history(run_dir, rows)
-            ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss)
+            ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss, ranks_rng)
             save_checkpoint(ckpt_now, run_dir / "last.pt")
             if improved:
                 copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
