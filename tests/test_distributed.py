@@ -136,6 +136,15 @@ def test_gather_rows_single_process_and_batch_divisibility(real_csv, tmp_path):
     assert torch.equal(gather_rows(t, 5, Dist()), t)
     with pytest.raises(ValueError, match="batch_size 63 is not divisible by 2 processes"):
         train(_cfg(real_csv, tmp_path, batch_size=63), nproc=2)
+    # refused in the parent, as one line, before any process starts
+    with pytest.raises(ValueError, match="'vggnet_s': .*unexpected keyword argument 'hiden'"):
+        train(_cfg(real_csv, tmp_path, model_kwargs={"hiden": 3}), nproc=2)
+    train(_cfg(real_csv, tmp_path, name="once", epochs=1))
+    with pytest.raises(FileExistsError, match="once already holds a run"):
+        train(_cfg(real_csv, tmp_path, name="once", epochs=1), nproc=2)
+    # what only a worker can find comes back as the worker's one last line
+    with pytest.raises(RuntimeError, match=r"^rank \d: .*no-such\.csv"):
+        train(_cfg(tmp_path / "no-such.csv", tmp_path, name="nodata"), nproc=2)
 
 
 def _teacher_probs_in_rank(teacher, images, out):

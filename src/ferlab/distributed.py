@@ -142,9 +142,13 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     level = logging.getLogger().level
-    mp.start_processes(
-        _worker, args=(fn, nproc, port, level, args), nprocs=nproc, start_method="spawn"
-    )
+    try:
+        mp.start_processes(
+            _worker, args=(fn, nproc, port, level, args), nprocs=nproc, start_method="spawn"
+        )
+    except mp.ProcessRaisedException as e:  # the child's traceback, as its one last line
+        last = [line for line in str(e).splitlines() if line.strip()][-1]
+        raise RuntimeError(f"rank {e.error_index}: {last}") from None
 
 
 def _worker(rank: int, fn: Callable[..., Any], nproc: int, port: int, level: int, args) -> None:

@@ -26,12 +26,14 @@ from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
 from .history import read_history, write_history
 from .mix import blend
+from .models import create_model
 from .parts import (
     Parts,
     build_parts,
     eval_model,
     load_splits,
     make_checkpoint,
+    model_kwargs,
     resolve_device,
     restore,
     rng_state,
@@ -132,8 +134,14 @@ def train(
     that many local processes with the same global batch (see ``ferlab.distributed``).
     """
     if nproc > 1:
-        if resume is None and cfg.batch_size % nproc:
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {nproc} processes")
+        # what can be refused is refused here, as one line, not as a traceback per process
+        checked, _, _ = _prepare(cfg, resume, runtime)
+        if checked.batch_size % nproc:
+            raise ValueError(
+                f"batch_size {checked.batch_size} is not divisible by {nproc} processes"
+            )
+        model_kwargs(checked)  # pretrained/frozen_blocks on a model that has none
+        create_model(checked.model, **checked.model_kwargs)  # unknown names and kwargs
         if resume is None and not cfg.name:  # every process must pick the same directory
             cfg = replace(cfg, name=_run_dir(cfg).name)
         distributed.launch(train, nproc, cfg, resume, runtime)
