@@ -137,7 +137,7 @@ def test_gather_rows_single_process_and_batch_divisibility(real_csv, tmp_path):
     with pytest.raises(ValueError, match="batch_size 63 is not divisible by 2 processes"):
         train(_cfg(real_csv, tmp_path, batch_size=63), nproc=2)
     # refused in the parent, as one line, before any process starts
-    with pytest.raises(ValueError, match="'vggnet_s': .*unexpected keyword argument 'hiden'"):
+    with pytest.raises(ValueError, match=r"'vggnet_s': .*unexpected keyword argument 'hiden'"):
         train(_cfg(real_csv, tmp_path, model_kwargs={"hiden": 3}), nproc=2)
     train(_cfg(real_csv, tmp_path, name="once", epochs=1))
     with pytest.raises(FileExistsError, match="once already holds a run"):

@@ -19,7 +19,7 @@ class TrainConfig:
     # run
     name: str = ""  # run directory name under `out`; "" = <model>-<timestamp>
     out: str = "runs"  # parent folder of run directories
-    seed: int = 0  # seeds weights, shuffling and augmentation
+    seed: int = 0  # seeds weights, shuffling, augmentation, and a stratified split and subset
     device: str = "auto"  # auto (cuda if present, else cpu), cpu, cuda, cuda:1
     threads: int = 0  # torch CPU threads; 0 = torch's default
     bf16: bool = False  # bf16 autocast; 10x *slower* on AVX2-only CPUs, faster on GPUs/AVX-512

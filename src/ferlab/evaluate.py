@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import nn
 from .data import EMOTIONS, atomic_write_bytes
 from .outputs import check_formats
 from .transforms import check_tta, to_input, tta_views
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -203,6 +206,17 @@ def evaluate_split(
     same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
     if split_mode is None:
         split_mode = trained.get("split", "official") if same_data else "official"
+        if trained.get("split") == "stratified" and not same_data:
+            # the saved path is resolved from here: another working directory, or a copy,
+            # is not recognised, and the official split may then hold training faces
+            log.warning(
+                "%s was trained on a stratified split of %s, which %s is not recognised as; "
+                "scoring its official split (if it is the same data, pass split_mode="
+                "'stratified', --split-mode stratified in the CLI, to keep training faces out)",
+                getattr(classifier, "name", "the model"),
+                trained.get("data"),
+                data_path,
+            )
     if ignore_unknown is None:
         ignore_unknown = bool(trained.get("ignore_unknown")) and same_data
     part = load_split(
