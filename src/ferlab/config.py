@@ -110,7 +110,8 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _at_least(low: float) -> tuple[Any, str]:
+# (test, what it expects) pairs for numeric settings, shared with ferlab.serve's limits
+def at_least(low: float) -> tuple[Any, str]:
     return (lambda v: v >= low), f"at least {low:g}"
 
 
@@ -120,39 +121,39 @@ def _within(low: float, high: float, open_high: bool = False) -> tuple[Any, str]
     return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
 
 
-_POSITIVE = ((lambda v: v > 0), "above 0")
+POSITIVE = ((lambda v: v > 0), "above 0")
 _PROBABILITY = _within(0, 1)
 
 # each numeric field's range: a value outside fails at startup with its name, not as a
 # ZeroDivisionError after the data loads or (early_stopping: -1) as a run that stops at once
 RANGES: dict[str, tuple[Any, str]] = {
-    "threads": _at_least(0),
+    "threads": at_least(0),
     "subset": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "frozen_blocks": _within(0, 5),
-    "epochs": _at_least(1),
-    "batch_size": _at_least(1),
-    "eval_batch_size": _at_least(1),
-    "lr": _POSITIVE,
+    "epochs": at_least(1),
+    "batch_size": at_least(1),
+    "eval_batch_size": at_least(1),
+    "lr": POSITIVE,
     "momentum": _within(0, 1, open_high=True),
-    "weight_decay": _at_least(0),
+    "weight_decay": at_least(0),
     "plateau_factor": ((lambda v: 0 < v < 1), "in (0, 1)"),
-    "plateau_patience": _at_least(0),
-    "min_lr": _at_least(0),
-    "warmup_epochs": _at_least(0),
-    "early_stopping": _at_least(0),
-    "focal_gamma": _at_least(0),
+    "plateau_patience": at_least(0),
+    "min_lr": at_least(0),
+    "warmup_epochs": at_least(0),
+    "early_stopping": at_least(0),
+    "focal_gamma": at_least(0),
     "label_smoothing": _within(0, 1, open_high=True),
     "ema": _within(0, 1, open_high=True),
     "distill_alpha": _PROBABILITY,
-    "distill_temperature": _POSITIVE,
+    "distill_temperature": POSITIVE,
     "hflip": _PROBABILITY,
-    "rotate": _at_least(0),
+    "rotate": at_least(0),
     "shift": _within(0, 1, open_high=True),
-    "shear": _at_least(0),
+    "shear": at_least(0),
     "zoom": _within(0, 1, open_high=True),
     "erase": _PROBABILITY,
-    "mixup": _at_least(0),
-    "cutmix": _at_least(0),
+    "mixup": at_least(0),
+    "cutmix": at_least(0),
     "mix_prob": _PROBABILITY,
 }
 

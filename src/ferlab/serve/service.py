@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import POSITIVE, at_least
 from ..faces import FaceDetector, create_detector, crop_faces, crop_margin, list_detectors
 from ..media import MAX_PIXELS
 from ..predict import Face, Prediction, ProbaModel
@@ -73,24 +74,16 @@ def body_bytes(images: int, max_bytes: int) -> int:
     return images * max_bytes * 4 // 3 + 65536
 
 
-def _at_least_one(v: float) -> bool:
-    return v >= 1
-
-
-def _positive(v: float) -> bool:
-    return v > 0
-
-
 # each numeric setting's test (NaN fails all) and what the error says it expects
 _LIMITS = {
-    "batch_wait_ms": (lambda v: v >= 0, "at least 0"),
-    "max_batch": (_at_least_one, "at least 1"),
-    "max_upload_mb": (_positive, "above 0"),
-    "max_pixels": (_at_least_one, "at least 1"),
-    "max_images": (_at_least_one, "at least 1"),
-    "max_pending_mb": (_positive, "above 0"),
-    "timeout_s": (_positive, "above 0"),
-    "detect_threads": (_at_least_one, "at least 1"),
+    "batch_wait_ms": at_least(0),
+    "max_batch": at_least(1),
+    "max_upload_mb": POSITIVE,
+    "max_pixels": at_least(1),
+    "max_images": at_least(1),
+    "max_pending_mb": POSITIVE,
+    "timeout_s": POSITIVE,
+    "detect_threads": at_least(1),
 }
 
 
