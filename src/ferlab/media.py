@@ -3,7 +3,7 @@ of images and videos, and how many frames a source holds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,29 +60,49 @@ def iter_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
 
 
-def count_frames(source: Any, every: int = 1, seen: set[Path] | None = None) -> int | None:
-    """How many images or frames ``source`` yields (for progress bars); None if unknown.
-    A file given twice counts once, as the recogniser reads it once."""
-    seen = set() if seen is None else seen
-    if isinstance(source, np.ndarray):
-        return 1
-    if isinstance(source, str | Path):
-        path = Path(source)
-        if path.is_dir():
-            files = iter_files(path)
-            return sum(count_frames(f, every, seen) or 1 for f in files) or 1  # or the error
-        if path.resolve() in seen:
-            return 0
-        seen.add(path.resolve())
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            import cv2
+def iter_sources(source: Any) -> Iterator[np.ndarray | Path]:
+    """Each array, file and empty folder of ``source`` (path, folder, array, or a list of
+    these), folders expanded, a file given twice (``vids/ vids/a.mp4``) once: outputs are
+    named by path, so a second pass would append to the first's annotated video."""
+    seen: set[Path] = set()
 
-            cap = cv2.VideoCapture(str(path))
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            cap.release()
-            return (n + every - 1) // every if n > 0 else None
-        return 1
-    if isinstance(source, Iterable):
-        counts = [count_frames(s, every, seen) for s in source]
-        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
-    return None
+    def walk(item: Any) -> Iterator[np.ndarray | Path]:
+        if isinstance(item, np.ndarray):
+            yield item
+        elif isinstance(item, str | Path):
+            path = Path(item)
+            files = iter_files(path) if path.is_dir() else [path]
+            if not files:
+                yield path  # an empty folder: reported, not silently skipped
+            for f in files:
+                if f.resolve() not in seen:
+                    seen.add(f.resolve())
+                    yield f
+        elif isinstance(item, Iterable):
+            for i in item:
+                yield from walk(i)
+        else:
+            raise TypeError(f"unsupported source {type(item).__name__}: a path, array or list")
+
+    return walk(source)
+
+
+def count_frames(source: Any, every: int = 1) -> int | None:
+    """How many images or frames ``source`` yields (for progress bars); None if unknown."""
+    total = 0
+    try:
+        for item in iter_sources(source):
+            if isinstance(item, Path) and item.suffix.lower() in VIDEO_SUFFIXES:
+                import cv2
+
+                cap = cv2.VideoCapture(str(item))
+                n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+                cap.release()
+                if n <= 0:
+                    return None
+                total += (n + every - 1) // every
+            else:  # an image, an array, or an empty folder's error record
+                total += 1
+    except TypeError:
+        return None
+    return total

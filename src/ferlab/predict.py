@@ -8,7 +8,7 @@ frame by frame so memory stays flat.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data import EMOTIONS, atomic_write_bytes
 from .faces import FaceDetector, create_detector, crop_faces, crop_margin
-from .media import FILE_KINDS, VIDEO_SUFFIXES, as_rgb, iter_files, read_rgb
+from .media import FILE_KINDS, VIDEO_SUFFIXES, as_rgb, iter_sources, read_rgb
 from .transforms import check_tta
 
 MAX_PENDING_BYTES = 256_000_000  # decoded images held while a batch of faces fills up
@@ -98,38 +98,21 @@ class Prediction:
         return path
 
 
-def _frames(source: Any, every: int, seen: set[Path] | None = None) -> Iterator[Prediction]:
-    """Yield empty Predictions (image, path, frame, time) for every image or frame; a file
-    given twice (``vids/ vids/a.mp4``) is read once: outputs are named by path, so a second
-    pass would append to the first's annotated video and timeline."""
-    seen = set() if seen is None else seen
-    if isinstance(source, np.ndarray):
-        yield Prediction(None, None, as_rgb(source))
-    elif isinstance(source, str | Path):
-        path = Path(source)
-        if path.is_dir():
-            files = iter_files(path)
-            if not files:  # a wrong folder must not pass for a run that found no faces
-                kinds = " ".join(FILE_KINDS)
-                yield Prediction.failed(path, f"{path}: no images or videos found ({kinds})")
-            for f in files:
-                yield from _frames(f, every, seen)
-        elif path.resolve() in seen:
-            return
-        elif path.suffix.lower() in VIDEO_SUFFIXES:
-            seen.add(path.resolve())
-            yield from _video_frames(path, every)
+def _frames(source: Any, every: int) -> Iterator[Prediction]:
+    """Yield empty Predictions (image, path, frame, time) for every image or frame."""
+    for item in iter_sources(source):
+        if isinstance(item, np.ndarray):
+            yield Prediction(None, None, as_rgb(item))
+        elif item.is_dir():  # a wrong folder must not pass for a run that found no faces
+            kinds = " ".join(FILE_KINDS)
+            yield Prediction.failed(item, f"{item}: no images or videos found ({kinds})")
+        elif item.suffix.lower() in VIDEO_SUFFIXES:
+            yield from _video_frames(item, every)
         else:
-            seen.add(path.resolve())
             try:
-                yield Prediction(str(path), None, read_rgb(path))
+                yield Prediction(str(item), None, read_rgb(item))
             except ValueError as e:
-                yield Prediction.failed(path, str(e))
-    elif isinstance(source, Iterable):
-        for s in source:
-            yield from _frames(s, every, seen)
-    else:
-        raise TypeError(f"unsupported source {type(source).__name__}: a path, array or list")
+                yield Prediction.failed(item, str(e))
 
 
 def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
