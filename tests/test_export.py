@@ -322,6 +322,9 @@ def test_load_model_honours_device_for_every_format(tmp_path: Path):
 
 
 def test_int8_onnx_keeps_metadata_and_mostly_the_top_class(faces, ort, tmp_path):
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
     from ferlab.export import quantize_onnx
 
     clf = make_classifier(faces)
@@ -330,8 +333,18 @@ def test_int8_onnx_keeps_metadata_and_mostly_the_top_class(faces, ort, tmp_path)
     int8 = load_onnx(quantize_onnx(float_path, tmp_path / "q.onnx", calib))
     assert int8.meta["quantization"].startswith("int8")
     assert int8.preprocess == load_onnx(float_path).preprocess and int8.classes == clf.classes
-    q_ops = {n.op_type for n in __import__("onnx").load(tmp_path / "q.onnx").graph.node}
-    assert "QuantizeLinear" in q_ops and "DequantizeLinear" in q_ops
+    graph = onnx.load(tmp_path / "q.onnx").graph
+    assert "QuantizeLinear" in {n.op_type for n in graph.node}
+    # 7-bit weights (|w| <= 64): the u8 x s8 kernel of x86 CPUs without VNNI adds pairs of products in
+    # 16 bits, which full-range int8 weights overflow (3 points of PublicTest for `fast`)
+    weights = [
+        numpy_helper.to_array(t) for t in graph.initializer if t.data_type == TensorProto.INT8
+    ]
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
+    # the one-channel input convolution stays float: its weight is a float initializer
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    assert convs[0].input[1] in floats and all(c.input[1] not in floats for c in convs[1:])
     # faces it was not calibrated on: top class mostly kept, probabilities close
     agree = (int8.predict(held_out) == clf.predict(held_out)).mean()
     assert agree >= 0.9, agree
