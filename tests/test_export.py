@@ -335,8 +335,8 @@ def test_int8_onnx_keeps_metadata_and_mostly_the_top_class(faces, ort, tmp_path)
     assert int8.preprocess == load_onnx(float_path).preprocess and int8.classes == clf.classes
     graph = onnx.load(tmp_path / "q.onnx").graph
     assert "QuantizeLinear" in {n.op_type for n in graph.node}
-    # 7-bit weights (|w| <= 64): the u8 x s8 kernel of x86 CPUs without VNNI adds pairs of products in
-    # 16 bits, which full-range int8 weights overflow (3 points of PublicTest for `fast`)
+    # 7-bit weights (|w| <= 64): the u8 x s8 kernel of x86 CPUs without VNNI adds pairs of
+    # products in 16 bits, which full-range int8 weights overflow (3 points for `fast`)
     weights = [
         numpy_helper.to_array(t) for t in graph.initializer if t.data_type == TensorProto.INT8
     ]
@@ -364,6 +364,16 @@ def test_cli_exports_int8_calibrated_on_training_faces(ort, tiny_csv, tmp_path, 
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert load_onnx(out).meta["quantization"].startswith("int8")
+    # a float .onnx file (the shipped `fast` is one) quantises as it is; an int8 one is refused
+    float_path = export_onnx(clf, tmp_path / "f.onnx")
+    args = ["export", str(float_path), "--int8", "--data", str(tiny_csv), "--out"]
+    r = CliRunner().invoke(app, [*args, str(tmp_path / "fq.onnx")])
+    assert r.exit_code == 0, r.output
+    assert load_onnx(tmp_path / "fq.onnx").meta["quantization"].startswith("int8")
+    args[1] = str(out)
+    r = CliRunner().invoke(app, [*args, str(tmp_path / "qq.onnx")])
+    assert r.exit_code != 0 and "needs a float ONNX file" in str(r.exception)
+    assert not (tmp_path / "qq.onnx").exists()
 
 
 @pytest.mark.parametrize(

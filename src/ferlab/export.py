@@ -204,15 +204,28 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     return path
 
 
-def export_int8(classifier: Classifier, path: str | Path, data: str, n: int = 512) -> Path:
-    """Export to ONNX, then int8, calibrated on ``n`` stratified *training* faces of ``data``."""
+def export_int8(
+    classifier: Classifier | OnnxClassifier, path: str | Path, data: str, n: int = 512
+) -> Path:
+    """int8 ONNX, calibrated on ``n`` stratified *training* faces of ``data``: a PyTorch model
+    is exported first; a float ``.onnx`` file (the shipped ``fast``, say) is taken as it is."""
     from .data import stratified_subset
     from .evaluate import load_split
 
+    source = classifier.path if isinstance(classifier, OnnxClassifier) else None
+    if isinstance(classifier, OnnxClassifier) and (
+        source is None or "quantization" in classifier.meta
+    ):
+        raise ValueError(
+            f"{source or '<bytes>'}: --int8 needs a float ONNX file or a PyTorch model"
+        )
     train = load_split(data, "Training")
     faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
     with tempfile.TemporaryDirectory() as tmp:
-        return quantize_onnx(export_onnx(classifier, Path(tmp) / "float.onnx"), path, faces)
+        if isinstance(classifier, Classifier):
+            source = export_onnx(classifier, Path(tmp) / "float.onnx")
+        assert source is not None
+        return quantize_onnx(source, path, faces)
 
 
 def _stem(path: str | Path) -> Path:

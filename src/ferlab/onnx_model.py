@@ -27,6 +27,7 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         where = "<bytes>" if isinstance(source, bytes) else str(source)
+        self.path = None if isinstance(source, bytes) else Path(source)
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise FileNotFoundError(f"{where}: ONNX model not found")
         opts = ort.SessionOptions()

@@ -198,7 +198,8 @@ def ensemble(
 @app.command()
 def export(
     model: Annotated[
-        str | None, typer.Argument(help="Checkpoint or run dir [default: shipped]")
+        str | None,
+        typer.Argument(help="Checkpoint, run dir, or a float .onnx for --int8 [default: shipped]"),
     ] = None,
     format: Annotated[str, typer.Option(help="onnx or safetensors")] = "onnx",
     out: Annotated[
@@ -228,12 +229,18 @@ def export(
         raise ValueError("--info applies to --format safetensors only")
     if data is not None and not int8:
         raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
-    clf = check_exportable(load_model(model), model or "default")
+    loaded = load_model(model)
     if int8:
         from ..export import export_int8
+        from ..onnx_model import OnnxClassifier
 
-        console.print(f"wrote {export_int8(clf, out or Path('model.onnx'), data or DEFAULT_DATA)}")
-    elif format == "onnx":
+        if not isinstance(loaded, OnnxClassifier):  # a float .onnx file quantises as it is
+            loaded = check_exportable(loaded, model or "default")
+        path = export_int8(loaded, out or Path("model.onnx"), data or DEFAULT_DATA)
+        console.print(f"wrote {path}")
+        return
+    clf = check_exportable(loaded, model or "default")
+    if format == "onnx":
         console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
     else:
         import yaml
