@@ -1,0 +1,120 @@
+"""int8 quantisation variants of a float ONNX model: PublicTest accuracy, agreement, speed.
+
+    python benchmarks/int8_variants.py --model runs/fast-fp32.onnx
+
+ONNX Runtime's static quantisation (QDQ, per-channel weights, min-max calibration on the same
+stratified training faces as ``ferlab export --int8``) with one option changed per row, then
+``ferlab``'s own ``quantize_onnx`` (what ``export --int8`` ships). On x86 CPUs without VNNI
+the u8 x s8 kernel adds pairs of products in 16 bits and saturates with 8-bit weights; the
+rows show what each way around that costs. Speed: batch 64, every core, random faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def faces_per_s(clf, seconds: float) -> float:
+    batch = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    clf.predict_proba(batch)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        clf.predict_proba(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="A float .onnx written by ferlab export")
+    ap.add_argument("--data", default="../shared/data/fer2013.csv.gz")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    args = ap.parse_args()
+
+    import onnx
+    import torch
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ferlab.data import stratified_subset
+    from ferlab.evaluate import load_split
+    from ferlab.export import quantize_onnx
+    from ferlab.onnx_model import load_onnx
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    train = load_split(args.data, "Training")
+    calib = stratified_subset(train, 512 / len(train), seed=0).images
+    public = load_split(args.data, "PublicTest")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            # whole batches: the histogram calibrators (percentile, entropy) fail on a ragged one
+            whole = len(calib) // 64 * 64
+            self.batches = iter(
+                {"faces": calib[i : i + 64, None].astype(np.float32)} for i in range(0, whole, 64)
+            )
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = f"{tmp}/pre.onnx"
+        quant_pre_process(args.model, pre)
+        first_conv = next(n.name for n in onnx.load(pre).graph.node if n.op_type == "Conv")
+        variants = {
+            "u8 x s8, 8-bit weights": {},
+            "s8 x s8": {"activation_type": QuantType.QInt8},
+            "u8 x u8": {"weight_type": QuantType.QUInt8},
+            "u8 x s8, 7-bit weights": {"reduce_range": True},
+            "7-bit, percentile calibration": {
+                "reduce_range": True,
+                "calibrate_method": CalibrationMethod.Percentile,
+            },
+            "7-bit, entropy calibration": {
+                "reduce_range": True,
+                "calibrate_method": CalibrationMethod.Entropy,
+            },
+            "7-bit, input convolution float": {
+                "reduce_range": True,
+                "nodes_to_exclude": [first_conv],
+            },
+        }
+        models = {"fp32": load_onnx(args.model)}
+        for i, (name, options) in enumerate(variants.items()):
+            out = f"{tmp}/{i}.onnx"
+            kw = {
+                "quant_format": QuantFormat.QDQ,
+                "per_channel": True,
+                "activation_type": QuantType.QUInt8,
+                "weight_type": QuantType.QInt8,
+            }
+            quantize_static(pre, out, Reader(), **(kw | options))
+            models[name] = load_onnx(out)
+        shipped = quantize_onnx(args.model, f"{tmp}/ferlab.onnx", calib)
+        models["ferlab export --int8"] = load_onnx(shipped)
+
+        reference = models["fp32"].predict(public.images)
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+        print("| variant | PublicTest | top class as fp32 | faces/s (batch 64) |")
+        print("|---|---|---|---|")
+        for name, clf in models.items():
+            pred = clf.predict(public.images)
+            acc, agree = (pred == public.labels).mean(), (pred == reference).mean()
+            speed = faces_per_s(clf, args.seconds)
+            print(f"| {name} | {acc:.2%} | {agree:.1%} | {speed:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
