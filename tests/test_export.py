@@ -18,7 +18,7 @@ from ferlab.data import load_fer2013_csv
 from ferlab.evaluate import predict_logits
 from ferlab.export import export_onnx, export_safetensors, load_safetensors_model
 from ferlab.models import create_model
-from ferlab.onnx_model import load_onnx
+from ferlab.onnx_model import OnnxClassifier, load_onnx
 from ferlab.transforms import preprocess_spec
 
 SMALL = {"widths": [8, 16, 16, 16]}
@@ -364,7 +364,7 @@ def test_cli_exports_int8_calibrated_on_training_faces(ort, tiny_csv, tmp_path, 
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert load_onnx(out).meta["quantization"].startswith("int8")
-    # a float .onnx file (the shipped `fast` is one) quantises as it is; an int8 one is refused
+    # a float .onnx file quantises as it is; an int8 one is refused
     float_path = export_onnx(clf, tmp_path / "f.onnx")
     args = ["export", str(float_path), "--int8", "--data", str(tiny_csv), "--out"]
     r = CliRunner().invoke(app, [*args, str(tmp_path / "fq.onnx")])
@@ -372,8 +372,30 @@ def test_cli_exports_int8_calibrated_on_training_faces(ort, tiny_csv, tmp_path, 
     assert load_onnx(tmp_path / "fq.onnx").meta["quantization"].startswith("int8")
     args[1] = str(out)
     r = CliRunner().invoke(app, [*args, str(tmp_path / "qq.onnx")])
-    assert r.exit_code != 0 and "needs a float ONNX file" in str(r.exception)
+    assert r.exit_code != 0 and f"{out}: already quantised (int8" in str(r.exception)
     assert not (tmp_path / "qq.onnx").exists()
+
+
+def test_int8_refuses_what_it_cannot_quantise_and_keeps_its_source(faces, ort, tiny_csv, tmp_path):
+    from ferlab.ensemble import Ensemble
+    from ferlab.export import export_int8
+
+    clf = make_classifier(faces)
+    float_path = export_onnx(clf, tmp_path / "f.onnx")
+    before = float_path.read_bytes()
+    with pytest.raises(ValueError, match="would replace its float source"):
+        export_int8(load_onnx(float_path), tmp_path / "." / "f.onnx", str(tiny_csv))
+    assert float_path.read_bytes() == before
+    with pytest.raises(ValueError, match="<bytes>: an ONNX model quantises from its file"):
+        export_int8(OnnxClassifier(before), tmp_path / "q.onnx", str(tiny_csv))
+    with pytest.raises(ValueError, match=r"exports need a PyTorch model .* not Ensemble"):
+        export_int8(Ensemble([clf, clf], [1.0, 1.0]), tmp_path / "q.onnx", str(tiny_csv))
+    assert not (tmp_path / "q.onnx").exists()
+    # the float model's metrics are not the int8 file's
+    clf.meta["metrics"] = {"val_acc": 0.61}
+    int8 = load_onnx(export_int8(clf, tmp_path / "q.onnx", str(tiny_csv)))
+    assert "metrics" in load_onnx(export_onnx(clf, tmp_path / "f2.onnx")).meta
+    assert "metrics" not in int8.meta
 
 
 @pytest.mark.parametrize(

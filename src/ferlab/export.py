@@ -127,36 +127,43 @@ def export_onnx(
     return path
 
 
-def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Path:
-    """Static int8 quantisation of an exported ``.onnx`` (QDQ, per-channel 7-bit weights).
+def calibration_reader(faces: np.ndarray, batch: int = 64):
+    """ONNX Runtime calibration data: uint8 ``faces`` (N, 48, 48) in batches of ``batch``.
 
-    ``faces``: uint8 (N, 48, 48) calibration faces from the *training* split (a few hundred
-    suffice): activation ranges come from them. The first convolution stays float. The
-    metadata is carried over; the result is checked to agree with the float model on the top
-    class of the calibration faces.
+    The last batch may be smaller: min-max calibration takes it, the histogram calibrators
+    (percentile, entropy) need equal batches, so give them a multiple of ``batch`` faces.
     """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    faces = check_faces(faces)
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(
-                [
-                    {"faces": faces[i : i + 64, None].astype(np.float32)}
-                    for i in range(0, len(faces), 64)
-                ]
+            self.batches = (
+                {"faces": faces[i : i + batch, None].astype(np.float32)}
+                for i in range(0, len(faces), batch)
             )
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
+    return Reader()
+
+
+def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Path:
+    """Static int8 quantisation of an exported ``.onnx`` (QDQ, per-channel 7-bit weights).
+
+    ``faces``: uint8 (N, 48, 48) calibration faces from the *training* split (a few hundred
+    suffice): activation ranges come from them. The first convolution stays float. The
+    metadata is carried over, less the float model's metrics; the result is checked to agree
+    with the float model on the top class of the calibration faces.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if Path(path).resolve() == Path(source).resolve():
+        raise ValueError(
+            f"{path}: the int8 file would replace its float source; give another --out"
+        )
+    faces = check_faces(faces)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     float_model = onnx.load(str(source))
@@ -171,7 +178,7 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
         quantize_static(
             f"{tmp}/pre.onnx",
             f"{tmp}/int8.onnx",
-            Reader(),
+            calibration_reader(faces),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             # On x86 without VNNI (AVX2, as here) the u8 x s8 kernel (VPMADDUBSW) adds pairs
@@ -184,6 +191,7 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
         )
         proto = onnx.load(f"{tmp}/int8.onnx")
     props = {p.key: p.value for p in float_model.metadata_props}
+    props.pop("metrics", None)  # the float model's accuracy, not this file's
     props["quantization"] = "int8 static (QDQ, per-channel 7-bit weights; first conv float)"
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
@@ -208,24 +216,27 @@ def export_int8(
     classifier: Classifier | OnnxClassifier, path: str | Path, data: str, n: int = 512
 ) -> Path:
     """int8 ONNX, calibrated on ``n`` stratified *training* faces of ``data``: a PyTorch model
-    is exported first; a float ``.onnx`` file (the shipped ``fast``, say) is taken as it is."""
+    is exported first; a float ``.onnx`` file is taken as it is."""
     from .data import stratified_subset
     from .evaluate import load_split
 
-    source = classifier.path if isinstance(classifier, OnnxClassifier) else None
-    if isinstance(classifier, OnnxClassifier) and (
-        source is None or "quantization" in classifier.meta
-    ):
-        raise ValueError(
-            f"{source or '<bytes>'}: --int8 needs a float ONNX file or a PyTorch model"
-        )
-    train = load_split(data, "Training")
-    faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
     with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(classifier, Classifier):
-            source = export_onnx(classifier, Path(tmp) / "float.onnx")
-        assert source is not None
+        source = _float_onnx(classifier, tmp)
+        train = load_split(data, "Training")
+        faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
         return quantize_onnx(source, path, faces)
+
+
+def _float_onnx(classifier: Classifier | OnnxClassifier, tmp: str) -> Path:
+    """The float ONNX file to quantise: an ONNX model's own file, or a PyTorch model exported."""
+    if not isinstance(classifier, OnnxClassifier):
+        return export_onnx(check_exportable(classifier), Path(tmp) / "float.onnx")
+    if "quantization" in classifier.meta:
+        where = classifier.path or "<bytes>"
+        raise ValueError(f"{where}: already quantised ({classifier.meta['quantization']})")
+    if classifier.path is None:
+        raise ValueError("<bytes>: an ONNX model quantises from its file; save it first")
+    return classifier.path
 
 
 def _stem(path: str | Path) -> Path:

@@ -199,7 +199,10 @@ def ensemble(
 def export(
     model: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint, run dir, or a float .onnx for --int8 [default: shipped]"),
+        typer.Argument(
+            help="Checkpoint, run dir, export or shipped name; with --int8 also a float .onnx "
+            "[default: the shipped default]"
+        ),
     ] = None,
     format: Annotated[str, typer.Option(help="onnx or safetensors")] = "onnx",
     out: Annotated[
@@ -229,18 +232,16 @@ def export(
         raise ValueError("--info applies to --format safetensors only")
     if data is not None and not int8:
         raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
-    loaded = load_model(model)
+    from ..onnx_model import OnnxClassifier
+
+    clf = load_model(model)
+    if not (int8 and isinstance(clf, OnnxClassifier)):  # --int8 takes a float .onnx as it is
+        clf = check_exportable(clf, model or "default")
     if int8:
         from ..export import export_int8
-        from ..onnx_model import OnnxClassifier
 
-        if not isinstance(loaded, OnnxClassifier):  # a float .onnx file quantises as it is
-            loaded = check_exportable(loaded, model or "default")
-        path = export_int8(loaded, out or Path("model.onnx"), data or DEFAULT_DATA)
-        console.print(f"wrote {path}")
-        return
-    clf = check_exportable(loaded, model or "default")
-    if format == "onnx":
+        console.print(f"wrote {export_int8(clf, out or Path('model.onnx'), data or DEFAULT_DATA)}")
+    elif format == "onnx":
         console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
     else:
         import yaml
