@@ -5,9 +5,9 @@
 ONNX Runtime's static quantisation (QDQ, per-channel weights, min-max calibration on the
 stratified training faces of ``ferlab export --int8``, in whole batches of 64: 512 of its 513)
 with one option changed per row, then ``ferlab``'s own ``quantize_onnx`` on all 513 (what
-``export --int8`` ships). On x86 CPUs without VNNI
-the u8 x s8 kernel adds pairs of products in 16 bits and saturates with 8-bit weights; the
-rows show what each way around that costs. Speed: batch 64, every core, random faces.
+``export --int8`` ships). On x86 CPUs without VNNI the u8 x s8 kernel adds pairs of products
+in 16 bits and saturates with 8-bit weights; the rows show what each way around that costs.
+Speed: batch 64, every core, random faces.
 """
 
 from __future__ import annotations

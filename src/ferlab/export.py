@@ -158,13 +158,13 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if Path(path).resolve() == Path(source).resolve():
         raise ValueError(
-            f"{path}: the int8 file would replace its float source; give another --out"
+            f"{path}: the int8 file would replace its float source; write it elsewhere"
         )
     faces = check_faces(faces)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     float_model = onnx.load(str(source))
     with tempfile.TemporaryDirectory() as tmp:
