@@ -18,8 +18,10 @@ app = typer.Typer(
     help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
 )
 TTA_HELP = "none, flip or shift (10 views); default: the model's own (an ensemble's manifest)"
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: a message or a path is one line however long (scripts grep them; a wrapped
+# "wrote <path>" cannot be pasted); tables still lay themselves out to the width
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def parse_formats(text: str, out: object) -> list[str]:
@@ -38,5 +40,5 @@ def main() -> None:
     try:
         app()
     except (DataError, ValueError, OSError, ImportError, RuntimeError, yaml.YAMLError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)

@@ -55,7 +55,7 @@ def predict(
         print(render(records, formats[0]), end="")
     failed = [r for r in records if r.get("error")]
     for r in failed:
-        err.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {r['error']}", highlight=False)
     if failed:
         raise typer.Exit(1)
 
