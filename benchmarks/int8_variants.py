@@ -16,25 +16,17 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 
 import numpy as np
 
-
-def faces_per_s(clf, seconds: float) -> float:
-    batch = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
-    clf.predict_proba(batch)  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        clf.predict_proba(batch)
-        n += len(batch)
-    return n / (time.perf_counter() - t0)
+from ferlab.config import DEFAULT_DATA
+from vs_fer import faces_per_s  # the same timer as the side-by-side run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="A float .onnx written by ferlab export")
-    ap.add_argument("--data", default="../shared/data/fer2013.csv.gz")
+    ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
 
@@ -82,28 +74,29 @@ def main() -> None:
         }
         # whole batches: the histogram calibrators (percentile, entropy) need equal ones
         whole = calib[: len(calib) // 64 * 64]
+        base = {
+            "quant_format": QuantFormat.QDQ,
+            "per_channel": True,
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+        }
         models = {"fp32": load_onnx(args.model)}
         for i, (name, options) in enumerate(variants.items()):
             out = f"{tmp}/{i}.onnx"
-            kw = {
-                "quant_format": QuantFormat.QDQ,
-                "per_channel": True,
-                "activation_type": QuantType.QUInt8,
-                "weight_type": QuantType.QInt8,
-            }
-            quantize_static(pre, out, calibration_reader(whole), **(kw | options))
+            quantize_static(pre, out, calibration_reader(whole), **(base | options))
             models[name] = load_onnx(out)
         shipped = quantize_onnx(args.model, f"{tmp}/ferlab.onnx", calib)
         models["ferlab export --int8"] = load_onnx(shipped)
 
         reference = models["fp32"].predict(public.images)
+        batch = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
         print("| variant | PublicTest | top class as fp32 | faces/s (batch 64) |")
         print("|---|---|---|---|")
         for name, clf in models.items():
             pred = clf.predict(public.images)
             acc, agree = (pred == public.labels).mean(), (pred == reference).mean()
-            speed = faces_per_s(clf, args.seconds)
+            speed = faces_per_s(clf.predict_proba, batch, args.seconds)
             print(f"| {name} | {acc:.2%} | {agree:.1%} | {speed:,.0f} |", flush=True)
 
 

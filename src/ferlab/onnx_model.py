@@ -26,9 +26,9 @@ class OnnxClassifier:
     def __init__(self, source: str | Path | bytes, threads: int = 0):
         import onnxruntime as ort
 
-        where = "<bytes>" if isinstance(source, bytes) else str(source)
         self.path = None if isinstance(source, bytes) else Path(source)
-        if not isinstance(source, bytes) and not Path(source).is_file():
+        where = str(self.path or "<bytes>")
+        if self.path is not None and not self.path.is_file():
             raise FileNotFoundError(f"{where}: ONNX model not found")
         opts = ort.SessionOptions()
         # 0: as many as torch uses, so torch.set_num_threads (a serve worker's share of the
@@ -36,7 +36,7 @@ class OnnxClassifier:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         try:
             self.session = ort.InferenceSession(
-                source if isinstance(source, bytes) else str(source),
+                source if self.path is None else str(self.path),
                 opts,
                 providers=["CPUExecutionProvider"],
             )
