@@ -136,3 +136,24 @@ def test_stride_two_stem_ends_on_the_same_3x3_grid():
         assert create_model(name).features(x).shape == (1, 256, 3, 3), name
     first = create_model("vggnet_s24").features[0]
     assert first.stride == (2, 2)
+
+
+def test_vggnet_depth_per_stage():
+    convs = [
+        [m for m in stage if isinstance(m, torch.nn.Conv2d)]
+        for stage in _stages(create_model("vggnet_s24d").features)
+    ]
+    assert [len(c) for c in convs] == [2, 2, 3, 3]
+    assert create_model("vggnet_s24d").features(torch.rand(1, 1, 48, 48)).shape == (1, 256, 3, 3)
+    with pytest.raises(ValueError, match="depth: 3 stages given for 4 widths"):
+        create_model("vggnet_s", depth=(2, 2, 2))
+
+
+def _stages(features: torch.nn.Sequential) -> list[list[torch.nn.Module]]:
+    """Layers split after each max-pool (the last stage of a stride-2 stem has none)."""
+    stages: list[list[torch.nn.Module]] = [[]]
+    for m in features:
+        stages[-1].append(m)
+        if isinstance(m, torch.nn.MaxPool2d):
+            stages.append([])
+    return [s for s in stages if s]

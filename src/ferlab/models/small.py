@@ -31,6 +31,8 @@ def _init(model: nn.Module) -> None:
 class VGGNet(nn.Module):
     """VGG-style: stages of ``depth`` conv-BN-ReLU then max-pool (48->24->12->6->3), GAP.
 
+    ``depth`` is one number for every stage or one per stage.
+
     ``stem_stride=2`` makes the first convolution stride 2, so the stages run at 24, 12, 6
     and 3 pixels for a quarter of the compute; the last pool is then dropped (a 2x2 pool of
     a 3x3 map would ignore a row and a column) and GAP reads the 3x3 map.
@@ -39,16 +41,19 @@ class VGGNet(nn.Module):
     def __init__(
         self,
         widths: tuple[int, ...] = (64, 128, 256, 512),
-        depth: int = 2,
+        depth: int | tuple[int, ...] = 2,
         num_classes: int = 7,
         dropout: float = 0.3,
         stem_stride: int = 1,
     ):
         super().__init__()
+        depths = (depth,) * len(widths) if isinstance(depth, int) else tuple(depth)
+        if len(depths) != len(widths):
+            raise ValueError(f"depth: {len(depths)} stages given for {len(widths)} widths")
         layers: list[nn.Module] = []
         cin = 1
-        for s, w in enumerate(widths):
-            for i in range(depth):
+        for s, (w, d) in enumerate(zip(widths, depths, strict=True)):
+            for i in range(d):
                 first = s == 0 and i == 0
                 layers += _conv_bn(cin if i == 0 else w, w, stem_stride if first else 1)
             if stem_stride == 1 or s < len(widths) - 1:
@@ -135,6 +140,18 @@ def vggnet_s24(
     """``vggnet_s`` behind a stride-2 first convolution (1.2M params, a quarter of the compute):
     as fast as ``vggnet_t`` on ONNX Runtime, a candidate for the fast model."""
     return VGGNet(tuple(widths), num_classes=num_classes, stem_stride=2, **kw)
+
+
+@register_model
+def vggnet_s24d(
+    num_classes: int = 7,
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    depth: int | tuple[int, ...] = (2, 2, 3, 3),
+    **kw,
+) -> nn.Module:
+    """``vggnet_s24`` with a third convolution in its 6x6 and 3x3 stages (1.9M params, 1.4x
+    the compute; 0.8x the int8 speed on ONNX Runtime): a candidate for the fast model."""
+    return VGGNet(tuple(widths), depth=depth, num_classes=num_classes, stem_stride=2, **kw)
 
 
 @register_model
