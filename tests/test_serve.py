@@ -237,7 +237,8 @@ def test_model_by_path_run_by_onnx_runtime(tiny_model, photos, tmp_path):
     _, meta = export_safetensors(tiny_model, tmp_path / "tiny", fp16=False)
     with TestClient(create_app(str(meta), runtime="onnx")) as c:
         wait_ready(c)
-        assert c.get("/v1/models").json()["runtime"] == "onnx"
+        info = c.get("/v1/models").json()
+        assert info["runtime"] == "onnx" and info["quantization"] is None
         onnx = post(c, "face.png", photos["face.png"], no_detect=1).json()["faces"][0]
     from ferlab.faces import crop_face
 
@@ -253,6 +254,13 @@ def test_model_by_path_run_by_onnx_runtime(tiny_model, photos, tmp_path):
     member = load_onnx(export_onnx(tiny_model, tmp_path / "m.onnx"))
     with TestClient(create_app(Ensemble([member, member]))) as c:
         assert c.get("/v1/models").json()["runtime"] == "onnx"
+
+
+def test_models_endpoint_says_the_shipped_fast_model_is_int8():
+    with TestClient(create_app("fast")) as c:
+        wait_ready(c)
+        info = c.get("/v1/models").json()
+    assert info["runtime"] == "onnx" and info["quantization"].startswith("int8 static")
 
 
 def test_uploads_over_a_megabyte_stay_in_memory(client, monkeypatch):

@@ -190,6 +190,8 @@ class Service:
             "input_size": [size, size],
             "preprocess": spec,
             "runtime": getattr(model, "runtime", "torch"),
+            # an int8 export says so in its metadata (the shipped `fast`); float models: null
+            "quantization": getattr(model, "meta", {}).get("quantization"),
             "detectors": self.detectors,
             "default_detector": self.detector,
             "batching": {"wait_ms": self.batcher.wait * 1000, "max_batch": self.batcher.max_batch},
