@@ -116,6 +116,11 @@ def test_ranks_draw_their_own_dropout_and_checkpoint_it(real_csv, tmp_path):
     parts = build_parts(cfg, load_splits(cfg), torch.device("cpu"), Dist())
     restore(ckpt, parts, rank=1)
     assert torch.equal(torch.get_rng_state(), ranks[1]["torch"])
+    # resumed with 3 processes, rank 2 keeps its own seeded stream, not rank 0's
+    torch.manual_seed(distributed.rank_seed(cfg.seed, Dist(rank=2, world=3)))
+    own = torch.get_rng_state()
+    restore(ckpt, parts, rank=2)
+    assert torch.equal(torch.get_rng_state(), own)
 
 
 def test_torchrun_entry_point_and_uneven_batches(real_csv, tmp_path):

@@ -166,13 +166,16 @@ def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     if parts.scheduler is not None:
         parts.scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
     parts.generator.set_state(ckpt["rng"]["generator"])
-    if ckpt["rng"].get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     ranks = ckpt["rng"].get("ranks") or []
     if rank < len(ranks):  # each rank continues its own dropout stream
         torch.set_rng_state(ranks[rank]["torch"])
         if ranks[rank]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(ranks[rank]["cuda"])
+    elif rank == 0:  # the checkpoint of a single process
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    # else a rank the saved run did not have (resumed with more processes): it keeps the
+    # stream train() seeded for it; rank 0's would give it rank 0's dropout masks
     return ckpt["state"]
