@@ -170,11 +170,16 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     with tempfile.TemporaryDirectory() as tmp:
         # ONNX Runtime's recommended first step: shape inference and graph optimisation
         quant_pre_process(str(source), f"{tmp}/pre.onnx")
+        pre = onnx.load(f"{tmp}/pre.onnx")
+        # Nodes are excluded by name, and an unnamed node's name "" would exclude every
+        # unnamed node (a hand-made file came out with no int8 layer at all): name them.
+        for i, n in enumerate(pre.graph.node):
+            n.name = n.name or f"_ferlab_{n.op_type}_{i}"
+        onnx.save(pre, f"{tmp}/pre.onnx")
         # The input convolution sees one channel: a sliver of the compute, and every later
         # layer inherits its error (as int8 it changed the top class of 1.2% of PublicTest
         # faces for the `fast` model). It stays float.
-        graph = onnx.load(f"{tmp}/pre.onnx").graph
-        first_conv = [n.name for n in graph.node if n.op_type == "Conv"][:1]
+        first_conv = [n.name for n in pre.graph.node if n.op_type == "Conv"][:1]
         quantize_static(
             f"{tmp}/pre.onnx",
             f"{tmp}/int8.onnx",
