@@ -30,7 +30,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
 
-    import onnx
     import torch
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -38,11 +37,10 @@ def main() -> None:
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ferlab.data import stratified_subset
     from ferlab.evaluate import load_split
-    from ferlab.export import calibration_reader, quantize_onnx
+    from ferlab.export import calibration_reader, prepare_for_quantization, quantize_onnx
     from ferlab.onnx_model import load_onnx
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -52,8 +50,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = f"{tmp}/pre.onnx"
-        quant_pre_process(args.model, pre)
-        first_conv = [n.name for n in onnx.load(pre).graph.node if n.op_type == "Conv"][:1]
+        first_conv = prepare_for_quantization(args.model, pre)
         variants = {
             "u8 x s8, 8-bit weights": {},
             "s8 x s8": {"activation_type": QuantType.QInt8},
@@ -69,7 +66,7 @@ def main() -> None:
             },
             "7-bit, input convolution float": {
                 "reduce_range": True,
-                "nodes_to_exclude": first_conv,
+                "nodes_to_exclude": [first_conv],
             },
         }
         # whole batches: the histogram calibrators (percentile, entropy) need equal ones

@@ -116,11 +116,16 @@ def test_ranks_draw_their_own_dropout_and_checkpoint_it(real_csv, tmp_path):
     parts = build_parts(cfg, load_splits(cfg), torch.device("cpu"), Dist())
     restore(ckpt, parts, rank=1)
     assert torch.equal(torch.get_rng_state(), ranks[1]["torch"])
-    # resumed with 3 processes, rank 2 keeps its own seeded stream, not rank 0's
-    torch.manual_seed(distributed.rank_seed(cfg.seed, Dist(rank=2, world=3)))
-    own = torch.get_rng_state()
-    restore(ckpt, parts, rank=2)
-    assert torch.equal(torch.get_rng_state(), own)
+    # a rank the saved run did not have keeps its own seeded stream, not rank 0's: rank 2 of
+    # this run resumed with 3 processes, and rank 1 of a single-process run resumed with 2
+    single = {**ckpt, "rng": {k: v for k, v in ckpt["rng"].items() if k != "ranks"}}
+    for saved, rank in [(ckpt, 2), (single, 1)]:
+        torch.manual_seed(distributed.rank_seed(cfg.seed, Dist(rank=rank, world=rank + 1)))
+        own = torch.get_rng_state()
+        restore(saved, parts, rank=rank)
+        assert torch.equal(torch.get_rng_state(), own), rank
+    restore(single, parts, rank=0)
+    assert torch.equal(torch.get_rng_state(), single["rng"]["torch"])
 
 
 def test_torchrun_entry_point_and_uneven_batches(real_csv, tmp_path):

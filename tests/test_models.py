@@ -145,8 +145,10 @@ def test_vggnet_depth_per_stage():
     ]
     assert [len(c) for c in convs] == [2, 2, 3, 3]
     assert create_model("vggnet_s24d").features(torch.rand(1, 1, 48, 48)).shape == (1, 256, 3, 3)
-    with pytest.raises(ValueError, match="depth: 3 stages given for 4 widths"):
-        create_model("vggnet_s", depth=(2, 2, 2))
+    wanted = r"expected a whole number >= 1, or one per stage \(4\)"
+    for bad in [(2, 2, 2), 0, (2, 0, 2, 2), 2.5, "3"]:
+        with pytest.raises(ValueError, match=wanted):
+            create_model("vggnet_s", depth=bad)
 
 
 def _stages(features: torch.nn.Sequential) -> list[list[torch.nn.Module]]:

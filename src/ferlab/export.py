@@ -148,6 +148,25 @@ def calibration_reader(faces: np.ndarray, batch: int = 64):
     return Reader()
 
 
+def prepare_for_quantization(source: str | Path, path: str | Path) -> str:
+    """ONNX Runtime's recommended first step (shape inference, graph optimisation) from
+    ``source`` to ``path``, every node named; returns the first Conv's name.
+
+    Quantisation excludes nodes by name: the empty name would exclude every unnamed node (a
+    file without node names once came out with no int8 layer at all).
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(source), str(path))
+    model = onnx.load(str(path))
+    if any(not n.name for n in model.graph.node):  # renamed all, so no name can clash
+        for i, n in enumerate(model.graph.node):
+            n.name = f"{n.op_type}_{i}"
+    onnx.save(model, str(path))
+    return next(n.name for n in model.graph.node if n.op_type == "Conv")
+
+
 def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Path:
     """Static int8 quantisation of an exported ``.onnx`` (QDQ, per-channel 7-bit weights).
 
@@ -158,7 +177,6 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if Path(path).resolve() == Path(source).resolve():
         raise ValueError(
@@ -168,18 +186,7 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
 
     float_model = onnx.load(str(source))
     with tempfile.TemporaryDirectory() as tmp:
-        # ONNX Runtime's recommended first step: shape inference and graph optimisation
-        quant_pre_process(str(source), f"{tmp}/pre.onnx")
-        pre = onnx.load(f"{tmp}/pre.onnx")
-        # Nodes are excluded by name, and an unnamed node's name "" would exclude every
-        # unnamed node (a hand-made file came out with no int8 layer at all): name them.
-        for i, n in enumerate(pre.graph.node):
-            n.name = n.name or f"_ferlab_{n.op_type}_{i}"
-        onnx.save(pre, f"{tmp}/pre.onnx")
-        # The input convolution sees one channel: a sliver of the compute, and every later
-        # layer inherits its error (as int8 it changed the top class of 1.2% of PublicTest
-        # faces for the `fast` model). It stays float.
-        first_conv = [n.name for n in pre.graph.node if n.op_type == "Conv"][:1]
+        first_conv = prepare_for_quantization(source, f"{tmp}/pre.onnx")
         quantize_static(
             f"{tmp}/pre.onnx",
             f"{tmp}/int8.onnx",
@@ -190,7 +197,10 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
             # of products in 16 bits and saturates with 8-bit weights: the `fast` model lost
             # 3 points of PublicTest that way. 7-bit weights cannot overflow, on any CPU.
             reduce_range=True,
-            nodes_to_exclude=first_conv,
+            # The input convolution sees one channel: a sliver of the compute, and every later
+            # layer inherits its error (as int8 it changed the top class of 1.2% of PublicTest
+            # faces for the `fast` model). It stays float.
+            nodes_to_exclude=[first_conv],
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )

@@ -158,7 +158,7 @@ def make_checkpoint(
 
 def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]:
     """Load a checkpoint's weights, optimiser, scheduler and RNG states (``rank``'s own in a
-    distributed run); return its state."""
+    distributed run; a rank the saved run did not have keeps its own); return its state."""
     parts.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     if parts.ema is not None:
         parts.ema.module.load_state_dict(ckpt["model"])

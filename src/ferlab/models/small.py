@@ -47,9 +47,13 @@ class VGGNet(nn.Module):
         stem_stride: int = 1,
     ):
         super().__init__()
-        depths = (depth,) * len(widths) if isinstance(depth, int) else tuple(depth)
-        if len(depths) != len(widths):
-            raise ValueError(f"depth: {len(depths)} stages given for {len(widths)} widths")
+        depths = tuple(depth) if isinstance(depth, list | tuple) else (depth,) * len(widths)
+        if len(depths) != len(widths) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths
+        ):
+            raise ValueError(
+                f"depth {depth!r}: expected a whole number >= 1, or one per stage ({len(widths)})"
+            )
         layers: list[nn.Module] = []
         cin = 1
         for s, (w, d) in enumerate(zip(widths, depths, strict=True)):
@@ -151,7 +155,7 @@ def vggnet_s24d(
 ) -> nn.Module:
     """``vggnet_s24`` with a third convolution in its 6x6 and 3x3 stages (1.9M params, 1.4x
     the compute; 0.8x the int8 speed on ONNX Runtime): a candidate for the fast model."""
-    return VGGNet(tuple(widths), depth=depth, num_classes=num_classes, stem_stride=2, **kw)
+    return vggnet_s24(num_classes, widths, depth=depth, **kw)
 
 
 @register_model
