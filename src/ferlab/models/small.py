@@ -142,7 +142,7 @@ def vggnet_s24(
     num_classes: int = 7, widths: tuple[int, ...] = (32, 64, 128, 256), **kw
 ) -> nn.Module:
     """``vggnet_s`` behind a stride-2 first convolution (1.2M params, a quarter of the compute):
-    as fast as ``vggnet_t`` on ONNX Runtime, a candidate for the fast model."""
+    as fast as ``vggnet_t`` on ONNX Runtime; the previous ``fast`` model."""
     return VGGNet(tuple(widths), num_classes=num_classes, stem_stride=2, **kw)
 
 
@@ -154,7 +154,7 @@ def vggnet_s24d(
     **kw,
 ) -> nn.Module:
     """``vggnet_s24`` with a third convolution in its 6x6 and 3x3 stages (1.9M params, 1.4x
-    the compute; 0.8x the int8 speed on ONNX Runtime): a candidate for the fast model."""
+    the compute; 0.8x the int8 speed on ONNX Runtime): the shipped ``fast`` model."""
     return vggnet_s24(num_classes, widths, depth=depth, **kw)
 
 
