@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferlab import EMOTIONS
+from ferlab import EMOTIONS, load_model
+from ferlab.classifier import shipped_models
 from ferlab.media import count_frames, read_rgb
 from ferlab.outputs import to_csv, to_markdown, write_predictions
 from ferlab.predict import Face, Prediction, Predictor
@@ -43,8 +44,10 @@ def test_photo_gives_one_face_with_probabilities(tiny_model, astronaut):
     assert pred.plot().shape == astronaut.shape
 
 
-def test_shipped_model_reads_the_astronauts_smile(astronaut):
-    (pred,) = list(Predictor()(astronaut))
+@pytest.mark.parametrize("name", [None, *shipped_models()])
+def test_shipped_models_read_the_astronauts_smile(astronaut, name):
+    # a real photo from outside FER-2013, through detection and cropping
+    (pred,) = list(Predictor(None if name is None else load_model(name))(astronaut))
     assert [f.label for f in pred.faces] == ["happy"]
     assert pred.faces[0].confidence > 0.5
 
