@@ -163,7 +163,7 @@ def prepare_for_quantization(source: str | Path, path: str | Path) -> str:
     if any(not n.name for n in model.graph.node):  # renamed all, so no name can clash
         for i, n in enumerate(model.graph.node):
             n.name = f"{n.op_type}_{i}"
-    onnx.save(model, str(path))
+        onnx.save(model, str(path))
     return next(n.name for n in model.graph.node if n.op_type == "Conv")
 
 
