@@ -147,10 +147,8 @@ def make_checkpoint(
         "state": dict(state),
         "metrics": {"val_acc": val_acc, "val_loss": val_loss},
         "rng": {
-            "torch": torch.get_rng_state(),
+            **rng_state(),
             "generator": parts.generator.get_state(),
-            # dropout on a GPU draws from CUDA's own generators
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             **({"ranks": ranks_rng} if ranks_rng and len(ranks_rng) > 1 else {}),
         },
     }
@@ -167,15 +165,11 @@ def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]
     if parts.scheduler is not None:
         parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.generator.set_state(ckpt["rng"]["generator"])
-    ranks = ckpt["rng"].get("ranks") or []
-    if rank < len(ranks):  # each rank continues its own dropout stream
+    ranks = ckpt["rng"].get("ranks") or [ckpt["rng"]]  # a single process saved only its own
+    # A rank the saved run did not have (resumed with more processes) keeps the stream train()
+    # seeded for it: rank 0's would give it rank 0's dropout masks.
+    if rank < len(ranks):  # each rank continues its own dropout stream, on its own device
         torch.set_rng_state(ranks[rank]["torch"])
-        if ranks[rank]["cuda"] is not None and torch.cuda.is_available():
+        if ranks[rank].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(ranks[rank]["cuda"])
-    elif rank == 0:  # the checkpoint of a single process
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"].get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    # else a rank the saved run did not have (resumed with more processes): it keeps the
-    # stream train() seeded for it; rank 0's would give it rank 0's dropout masks
     return ckpt["state"]
