@@ -255,22 +255,30 @@ def test_cli_video_every_format(tmp_path, astronaut, tiny_model):
         assert (tmp_path / "v" / name).is_file(), name
 
 
-def test_stopped_run_keeps_its_results_but_no_partial_video(tiny_model, tmp_path, astronaut):
+def test_stopped_run_keeps_its_results_and_finished_videos_only(tiny_model, tmp_path, astronaut):
+    done = write_video(tmp_path / "done.mp4", astronaut, n=3)
     video = write_video(tmp_path / "clip.mp4", astronaut, n=4)
 
     def broken():
-        yield from Predictor(tiny_model)(video)
+        yield from Predictor(tiny_model)([done, video])
         raise KeyboardInterrupt
 
+    out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        write_predictions(broken(), tmp_path / "out", formats=("json", "csv"))
-    assert list((tmp_path / "out").glob("*.mp4")) == []
-    assert list((tmp_path / "out").glob(".*")) == []
-    # the four frames classified before Ctrl-C, named partial, never as a finished run
-    assert not (tmp_path / "out" / "predictions.json").exists()
-    kept = json.loads((tmp_path / "out" / "predictions.partial.json").read_text())
-    assert [r["frame"] for r in kept] == [0, 1, 2, 3] and len(kept[0]["faces"]) == 1
-    assert (tmp_path / "out" / "predictions.partial.csv").is_file()
+        write_predictions(broken(), out, formats=("json", "csv"))
+    # the video finished before Ctrl-C keeps all its frames; the half-written one is dropped
+    assert [p.name for p in out.glob("*.mp4")] == ["done_annotated.mp4"]
+    cap = cv2.VideoCapture(str(out / "done_annotated.mp4"))
+    assert sum(1 for _ in iter(lambda: cap.read()[0], False)) == 3
+    assert list(out.glob(".*")) == []
+    # the frames classified before Ctrl-C, named partial, never as a finished run
+    assert not (out / "predictions.json").exists()
+    kept = json.loads((out / "predictions.partial.json").read_text())
+    assert [r["frame"] for r in kept] == [0, 1, 2, 0, 1, 2, 3] and len(kept[0]["faces"]) == 1
+    assert (out / "predictions.partial.csv").is_file()
+    # a finished rerun into the same folder replaces the stopped run's partial files
+    write_predictions(Predictor(tiny_model)(done), out, formats=("json",))
+    assert sorted(p.name for p in out.glob("predictions*")) == ["predictions.json"]
 
 
 def test_same_names_in_two_folders_keep_every_output(tiny_model, tmp_path, astronaut):

@@ -154,6 +154,13 @@ class Metrics:
             lines.append(f"| {name} | " + " | ".join(str(v) for v in self.confusion[i]) + " |")
         return "\n".join(lines) + "\n"
 
+    def render(self, fmt: str, title: str = "Evaluation") -> str:
+        """The metrics as ``json``, ``csv`` or ``md`` text."""
+        check_formats([fmt])
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2)
+        return self.to_csv() if fmt == "csv" else self.to_markdown(title)
+
     def save(
         self,
         out_dir: str | Path,
@@ -167,13 +174,7 @@ class Metrics:
         check_formats(formats)  # before the first file: all of them or none
         written = []
         for fmt in formats:
-            if fmt == "json":
-                text = json.dumps(self.to_dict(), indent=2)
-            elif fmt == "csv":
-                text = self.to_csv()
-            else:
-                text = self.to_markdown(title)
-            atomic_write_bytes(out / f"metrics.{fmt}", text.encode())
+            atomic_write_bytes(out / f"metrics.{fmt}", self.render(fmt, title).encode())
             written.append(out / f"metrics.{fmt}")
         written.append(save_figure(confusion_figure(self), out / "confusion.png"))
         return written

@@ -92,37 +92,50 @@ def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
 
 
 class VideoSink:
-    """Writes annotated frames of each video to its own .mp4, finished atomically."""
+    """Writes the annotated frames of one video at a time to its own .mp4 (a temp file until
+    the video's last frame), so a stopped run keeps every video it finished."""
 
     def __init__(self):
-        self.writers: dict[str, tuple[Any, Path, Path]] = {}
+        self.open: tuple[str, Any, Path, Path] | None = None  # video, writer, tmp, final
+        self.done: list[Path] = []
 
     def write(self, video: str, final: Path, frame_rgb: np.ndarray, fps: float) -> None:
-        """Add a frame of ``video``; its first frame opens ``final`` (written as a temp file)."""
+        """Add a frame of ``video``; its first frame finishes the previous video and opens
+        ``final`` (written as a temp file)."""
         import cv2
 
-        if video not in self.writers:
+        if self.open is not None and self.open[0] != video:
+            self.finish()
+        if self.open is None:
             tmp = final.with_name(f".{final.name}.tmp.mp4")
             final.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame_rgb.shape[:2]
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
             if not writer.isOpened():
                 raise RuntimeError(f"{final}: OpenCV cannot write mp4v video here")
-            self.writers[video] = (writer, tmp, final)
-        self.writers[video][0].write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+            self.open = (video, writer, tmp, final)
+        self.open[1].write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+
+    def finish(self) -> None:
+        """Give the open video its final name."""
+        if self.open is not None:
+            _, writer, tmp, final = self.open
+            self.open = None
+            writer.release()
+            os.replace(tmp, final)
+            self.done.append(final)
 
     def close(self, ok: bool = True) -> list[Path]:
-        """Finish every video; after a failure (``ok=False``) drop the partial files."""
-        done = []
-        for writer, tmp, final in self.writers.values():
+        """Finish the open video, or after a failure (``ok=False``) drop its partial file;
+        return the finished videos."""
+        if ok:
+            self.finish()
+        elif self.open is not None:
+            _, writer, tmp, _ = self.open
+            self.open = None
             writer.release()
-            if ok:
-                os.replace(tmp, final)
-                done.append(final)
-            else:
-                tmp.unlink(missing_ok=True)
-        self.writers.clear()
-        return done
+            tmp.unlink(missing_ok=True)
+        return self.done
 
 
 class OutputNames:
@@ -178,6 +191,7 @@ def write_predictions(
                 final = out / f"{name(video)}_annotated.mp4"
                 sink.write(video, final, pred.plot(), pred.fps or 10.0)
             else:
+                sink.finish()  # the video before this image is complete
                 files.append(pred.save(out / "annotated" / f"{name(pred.path)}.jpg"))
     except BaseException:
         sink.close(ok=False)  # a half-written video never takes the final name
@@ -188,6 +202,8 @@ def write_predictions(
     # the predictions first: a video that fails to finish must not cost the run's results
     for fmt in formats:
         files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
+    for fmt in FORMATS:  # an earlier stopped run's: this run's results replace them
+        (out / f"predictions.partial.{fmt}").unlink(missing_ok=True)
     files += sink.close()
     for video in sorted({r["path"] for r in records if "frame" in r}):
         rows = [r for r in records if r["path"] == video and "frame" in r and r["faces"]]

@@ -164,12 +164,7 @@ def evaluate(
     if out is not None:
         for path in metrics.save(out, formats, title=title):
             err.print(f"wrote {path}")
-    text = {
-        "json": lambda: json.dumps(metrics.to_dict(), indent=2),
-        "csv": metrics.to_csv,
-        "md": lambda: metrics.to_markdown(title),
-    }
-    print(text[formats[0]]())
+    print(metrics.render(formats[0], title))
 
 
 @app.command()
