@@ -1,3 +1,4 @@
+import datetime
 import json
 
 import numpy as np
@@ -146,6 +147,13 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a ferlab checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
+    # a pickle of something that is not tensors (a date): refused in one line that names why
+    # and never suggests weights_only=False
+    torch.save({"when": datetime.date(2026, 1, 1)}, tmp_path / "d.pt")
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(tmp_path / "d.pt")
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
+    assert "d.pt: not a ferlab checkpoint" in str(e.value) and "datetime" in str(e.value)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "y.pt")
     with pytest.raises(ValueError, match="needs model_name, model, preprocess"):
         load_checkpoint(tmp_path / "y.pt")

@@ -415,6 +415,9 @@ def test_int8_refuses_what_it_cannot_quantise_and_keeps_its_source(faces, ort, t
         (["--info", "facts.yaml"], "--info applies to --format safetensors"),
         (["--data", "faces.csv"], "--data is the --int8 calibration set"),
         (["--format", "tflite"], "unknown 'tflite'"),
+        # load_model() would read a file named otherwise as a checkpoint, and fail
+        ([], "out: an ONNX export must be named *.onnx"),
+        (["--int8"], "out: an ONNX export must be named *.onnx"),
     ],
 )
 def test_cli_export_refuses_options_its_format_ignores(tmp_path, extra, message):
@@ -428,6 +431,24 @@ def test_cli_export_refuses_options_its_format_ignores(tmp_path, extra, message)
     r = CliRunner().invoke(app, ["export", str(meta), "--out", str(out), *extra])
     assert r.exit_code != 0 and message in str(r.exception), (r.output, r.exception)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("5\n", "expected a mapping of keys, got int"), ("a: [\n", "not valid YAML")],
+)
+def test_cli_export_info_must_be_a_yaml_mapping(tmp_path, text, message):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    clf = make_classifier(np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8))
+    _, meta = export_safetensors(clf, tmp_path / "m", fp16=False)
+    (tmp_path / "facts.yaml").write_text(text)
+    args = ["export", str(meta), "--format", "safetensors", "--info", str(tmp_path / "facts.yaml")]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and f"facts.yaml: {message}" in str(r.exception), r.output
+    assert "\n" not in str(r.exception) and not (tmp_path / "x.json").exists()
 
 
 def test_cli_refuses_to_export_or_ensemble_an_onnx_file(ort, tmp_path):

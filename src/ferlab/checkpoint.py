@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types; one clear line for all
-        raise ValueError(f"{path}: not a ferlab checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a ferlab checkpoint ({_reason(e)})") from None
     if not isinstance(ckpt, dict) or not {"model_name", "model", "preprocess"} <= set(ckpt):
         raise ValueError(f"{path}: not a ferlab checkpoint (needs model_name, model, preprocess)")
     return ckpt
+
+
+def _reason(e: Exception) -> str:
+    """The first line of what the weights-only unpickler refused (torch's message is a page
+    that ends by suggesting ``weights_only=False``, which ferlab never does)."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+    text = found.group(1) if found else str(e)
+    first = (text.strip().splitlines() or [""])[0].split(". ")[0]  # not torch's advice
+    return f"{type(e).__name__}: {first[:160]}"
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:

@@ -85,6 +85,7 @@ def export_onnx(
     """
     import onnx
 
+    _onnx_name(path)
     check_exportable(classifier)
     wrapper = _Pixels(classifier.model.eval(), classifier.preprocess).eval()
     # batch 2, not 1, so the tracer cannot specialise any shape to a single face
@@ -178,6 +179,7 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    _onnx_name(path)
     if Path(path).resolve() == Path(source).resolve():
         raise ValueError(
             f"{path}: the int8 file would replace its float source; write it elsewhere"
@@ -235,6 +237,7 @@ def export_int8(
     from .data import stratified_subset
     from .evaluate import load_split
 
+    _onnx_name(path)  # before minutes of export and calibration
     with tempfile.TemporaryDirectory() as tmp:
         source = _float_onnx(classifier, tmp)
         train = load_split(data, "Training")
@@ -252,6 +255,12 @@ def _float_onnx(classifier: Classifier | OnnxClassifier, tmp: str) -> Path:
     if classifier.path is None:
         raise ValueError("<bytes>: an ONNX model quantises from its file; save it first")
     return classifier.path
+
+
+def _onnx_name(path: str | Path) -> None:
+    """load_model() reads a file as ONNX by its name: any other would be read as a checkpoint."""
+    if Path(path).suffix != ".onnx":
+        raise ValueError(f"{path}: an ONNX export must be named *.onnx")
 
 
 def _stem(path: str | Path) -> Path:

@@ -239,9 +239,9 @@ def export(
     elif format == "onnx":
         console.print(f"wrote {export_onnx(clf, out or Path('model.onnx'))}")
     else:
-        import yaml
+        from ..config import load_yaml_mapping
 
-        extra = yaml.safe_load(info.read_text()) if info else None
+        extra = load_yaml_mapping(info) if info else None
         console.print(
             "wrote "
             + ", ".join(map(str, export_safetensors(clf, out or Path("model"), extra=extra)))
