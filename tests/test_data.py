@@ -133,9 +133,13 @@ def test_user_folder_synonyms_any_size_and_colour(tmp_path):
     save_image(tmp_path / "ANGER" / "b.bmp", np.full((30, 30), 10, np.uint8))
     save_image(tmp_path / "surprised" / "c.jpeg", np.full((64, 64), 200, np.uint8))
     (tmp_path / "surprised" / "notes.txt").write_text("ignored: not an image suffix")
+    # every photo format ferlab decodes, not only jpg/png/bmp (a folder of .pgm was skipped)
+    save_image(tmp_path / "sad" / "d.pgm", np.full((48, 48), 50, np.uint8))
+    save_image(tmp_path / "fear" / "e.webp", np.full((48, 48), 60, np.uint8))
+    save_image(tmp_path / "neutral" / "f.tif", np.full((48, 48), 70, np.uint8))
     data = load_dataset(tmp_path)
-    assert data.images.shape == (3, 48, 48)
-    assert sorted(data.labels.tolist()) == [0, 3, 5]
+    assert data.images.shape == (6, 48, 48)
+    assert sorted(data.labels.tolist()) == [0, 2, 3, 4, 5, 6]
     red = data.images[data.labels.tolist().index(3)]
     assert abs(int(red.mean()) - 76) <= 1
     with pytest.raises(DataError, match="split 'official' needs"):

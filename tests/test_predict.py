@@ -64,6 +64,16 @@ def test_folder_recursive_batched_and_faceless(tiny_model, photo_dir):
     assert count_frames(photo_dir) == 3
 
 
+def test_folders_take_every_photo_format_that_is_decoded(tiny_model, tmp_path):
+    crops = np.random.default_rng(0).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    for crop, name in zip(crops, ["a.pgm", "b.ppm", "c.webp", "d.tif"], strict=True):
+        Image.fromarray(crop).convert("RGB" if name == "b.ppm" else "L").save(tmp_path / name)
+    (tmp_path / "e.txt").write_text("not an image")
+    preds = list(Predictor(tiny_model, detector="none")(tmp_path))
+    assert [p.path.split("/")[-1] for p in preds] == ["a.pgm", "b.ppm", "c.webp", "d.tif"]
+    assert all(len(p.faces) == 1 and not p.error for p in preds)
+
+
 def test_no_detect_treats_inputs_as_crops(tiny_model):
     crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
     preds = list(Predictor(tiny_model, detector="none")(list(crops)))

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 SIZE = 48
 USAGES = ("Training", "PublicTest", "PrivateTest")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SYNONYMS = {
     "anger": "angry",
     "angry": "angry",
@@ -195,6 +194,11 @@ Image.init()
 IMAGE_FORMATS = tuple(
     f for f in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM") if f in Image.OPEN
 )
+# the file names those decoders claim (.jpg, .png, .webp, .tif, .pgm, ...): folders of faces
+# to train on and folders to recognise take the same files
+IMAGE_SUFFIXES = tuple(
+    sorted(e for e, f in Image.registered_extensions().items() if f in IMAGE_FORMATS)
+)
 
 
 def open_image(source: str | Path | IO[bytes]) -> Image.Image:
@@ -256,7 +260,8 @@ def _iter_class_dirs(root: Path, ignore_unknown: bool) -> Iterator[tuple[Path, i
 def load_image_folder(
     root: str | Path, ignore_unknown: bool = False, default_usage: str = ""
 ) -> FaceData:
-    """Load ``root/<label>/*.{jpg,jpeg,png,bmp}``; usage from FER-2013 file-name prefixes.
+    """Load ``root/<label>/*`` images (:data:`IMAGE_SUFFIXES`); usage from FER-2013 file-name
+    prefixes.
 
     Decoded arrays are cached like the CSV's, keyed by every file's path, size and mtime.
     """
@@ -270,7 +275,7 @@ def load_image_folder(
         if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
     ]
     if not files:
-        raise DataError(f"{root}: no images found; expected <label>/*.jpg|jpeg|png|bmp")
+        raise DataError(f"{root}: no images found; expected <label>/*.jpg (or png, webp, ...)")
 
     def parse() -> FaceData:
         return FaceData(

@@ -13,7 +13,7 @@ from PIL import Image
 from .data import IMAGE_SUFFIXES, open_image, upright_8bit
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-FILE_KINDS = (*IMAGE_SUFFIXES, ".webp", ".tif", ".tiff", ".gif", *VIDEO_SUFFIXES)
+FILE_KINDS = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
 
 
