@@ -354,6 +354,22 @@ def test_micro_batcher_routes_results_and_respects_max_batch(tiny_model):
     calls.clear()
     asyncio.run(run(MicroBatcher(predict, wait_ms=100, max_batch=4)))
     assert calls == [4, 6]  # closed as soon as it held 4 faces; the last request alone
+    calls.clear()
+    asyncio.run(run(MicroBatcher(predict, wait_ms=100, max_batch=6)))
+    assert calls == [4, 6]  # 6 more faces would overfill the batch of 4: they start the next
+
+
+def test_a_request_of_more_faces_than_max_batch_runs_in_passes_of_max_batch(tiny_model, photos):
+    sizes: list[int] = []
+    hook = tiny_model.model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    images = [base64.b64encode(photos["face.png"]).decode()] * 5
+    try:
+        with TestClient(create_app(tiny_model, max_batch=2)) as c:
+            body = c.post("/v1/predict/batch", json={"images": images, "no_detect": True}).json()
+    finally:
+        hook.remove()
+    assert [len(r["faces"]) for r in body] == [1] * 5
+    assert sizes == [2, 2, 1]
 
 
 def test_micro_batcher_passes_model_errors_to_every_request():

@@ -37,7 +37,8 @@ class MicroBatcher:
     Args:
         predict: ``uint8 (N, 48, 48) -> float32 (N, classes)``, e.g. ``model.predict_proba``.
         wait_ms: how long a batch waits for company; 0 calls the model once per request.
-        max_batch: faces per model call, at most (a single larger request still goes in one).
+        max_batch: faces per batch, at most: a request that would overfill the open batch
+            starts the next one (a single larger request goes alone; ``predict`` splits it).
         on_batch: called with the number of faces of every model call (for metrics).
     """
 
@@ -67,6 +68,10 @@ class MicroBatcher:
             return await asyncio.wrap_future(self._submit(crops))
         loop = asyncio.get_running_loop()
         batch = self._open
+        if batch is not None and batch.loop is loop and batch.size + len(crops) > self.max_batch:
+            self._open = None  # these crops would overfill it: it goes as it is
+            batch.full.set()
+            batch = None
         # a batch of another event loop (a test client's, since closed) is never joined
         if batch is None or batch.loop is not loop:
             batch = self._open = _Batch(loop)

@@ -208,7 +208,8 @@ class Service:
 
     def _classify(self, crops: np.ndarray) -> np.ndarray:
         assert self.model is not None
-        return self.model.predict_proba(crops, batch_size=max(len(crops), 1))
+        # a single request of more faces than a batch holds goes in passes of max_batch
+        return self.model.predict_proba(crops, batch_size=self.batcher.max_batch)
 
     def _detector(self, name: str) -> FaceDetector:
         cache = self._local.__dict__.setdefault("detectors", {})
