@@ -7,6 +7,7 @@ video of real face frames that Chromium plays as its fake camera.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
 import socket
@@ -48,16 +49,16 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    """The app served by uvicorn in a background thread; yields its URL."""
+@contextlib.contextmanager
+def serving(app, root_path: str = ""):
+    """``app`` served by uvicorn in a background thread; yields its URL."""
     import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = uvicorn.Config(
-        create_app(tiny_model), host="127.0.0.1", port=port, log_level="warning"
+        app, host="127.0.0.1", port=port, root_path=root_path, log_level="warning"
     )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -69,6 +70,12 @@ def server(tiny_model):
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    with serving(create_app(tiny_model)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +176,64 @@ def test_webcam_draws_live_boxes_chart_and_csv(browser, server, tmp_path):
     np.testing.assert_allclose(values[:, 1:].sum(1), 1, atol=2e-3)
     assert errors == []
     page.close()
+
+
+@contextlib.contextmanager
+def stripping_proxy(upstream: str, prefix: str):
+    """A reverse proxy, as nginx's ``location /fer/ { proxy_pass http://app/; }``: it serves
+    ``prefix``/... from ``upstream``/... and 404s anything else; yields its URL."""
+    import http.client
+    import http.server
+    from urllib.parse import urlsplit
+
+    host = urlsplit(upstream).netloc
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            if not self.path.startswith(prefix + "/"):
+                self.send_error(404)
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            conn = http.client.HTTPConnection(host, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            conn.request(self.command, self.path[len(prefix) :], body or None, headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            self.send_response(reply.status)
+            for k, v in reply.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_POST = forward
+
+        def log_message(self, *args) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    proxy.shutdown()
+    thread.join(10)
+
+
+def test_page_works_behind_a_proxy_prefix(browser, tiny_model, astronaut, tmp_path):
+    # `ferlab serve --root-path /fer` behind a proxy that serves it at /fer/: the page's
+    # script, style and API calls must go through /fer/ too (absolute /static, /v1 404 here)
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(astronaut).save(photo, quality=92)
+    with (
+        serving(create_app(tiny_model), root_path="/fer") as app_url,
+        stripping_proxy(app_url, "/fer") as url,
+    ):
+        page, errors = open_page(browser, f"{url}/fer/")
+        assert page.evaluate("getComputedStyle(document.body).paddingBottom") == "24px"  # styled
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("body[data-state=done]", timeout=20_000)
+        assert page.locator("#faces li").count() == 1
+        assert errors == []
+        page.close()

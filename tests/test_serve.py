@@ -539,12 +539,14 @@ def test_serve_command_passes_its_options(monkeypatch):
     monkeypatch.setattr(serve, "serve", lambda **kw: seen.update(kw))
     monkeypatch.setenv("FERLAB_API_KEY", "from-env")
     args = ["serve", "--model", "m.onnx", "--port", "9001", "--batch-wait-ms", "0"]
-    r = CliRunner().invoke(cli.app, [*args, "--max-upload-mb", "2", "--workers", "2"])
+    args += ["--max-upload-mb", "2", "--workers", "2", "--root-path", "/fer"]
+    r = CliRunner().invoke(cli.app, args)
     assert r.exit_code == 0, r.output
     assert seen == {
         "host": "127.0.0.1",
         "port": 9001,
         "workers": 2,
+        "root_path": "/fer",
         "model": "m.onnx",
         "runtime": "torch",
         "detector": "haar",
@@ -555,6 +557,16 @@ def test_serve_command_passes_its_options(monkeypatch):
         "timeout_s": 30.0,
         "api_key": "from-env",
     }
+
+
+@pytest.mark.parametrize("root_path", ["fer", "/fer/"])
+def test_serve_refuses_a_root_path_that_is_not_a_prefix(root_path):
+    from ferlab.serve import serve
+
+    with pytest.raises(
+        ValueError, match=f"--root-path: expected a path like /fer, got '{root_path}'"
+    ):
+        serve(root_path=root_path, model="no-such-model")  # refused before the model loads
 
 
 def test_each_worker_process_takes_its_share_of_the_cores(monkeypatch):

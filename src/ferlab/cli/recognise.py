@@ -124,6 +124,9 @@ def serve(
     ),
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes, each with its model")] = 1,
+    root_path: Annotated[
+        str, typer.Option(help="Path prefix a reverse proxy serves this under (/fer)")
+    ] = "",
     batch_wait_ms: Annotated[
         float, typer.Option(help="Wait for concurrent faces to batch; 0 = off")
     ] = 5.0,
@@ -146,6 +149,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        root_path=root_path,
         model=model,
         runtime=runtime,
         detector=detector,

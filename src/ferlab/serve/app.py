@@ -283,17 +283,27 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, crashed)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **settings: Any) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    root_path: str = "",
+    **settings: Any,
+) -> None:
     """Run the service with uvicorn until interrupted.
 
     Args:
         host: interface to listen on; 127.0.0.1 keeps it private to this machine.
         port: TCP port.
         workers: uvicorn worker processes, each with its own model and its share of the CPUs.
+        root_path: the prefix a reverse proxy serves the app under (``/fer``), stripped by
+            the proxy; the page's links are relative, so they follow it.
         **settings: keyword arguments of :func:`create_app` (``model`` as a path or name).
     """
     import uvicorn
 
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise ValueError(f"--root-path: expected a path like /fer, got {root_path!r}")
     if workers > 1:  # the workers build the app: what cannot work must stop us here, not each
         if not isinstance(settings.get("model"), str | Path | None):
             raise ValueError("serve: workers > 1 load the model themselves; pass a path or name")
@@ -306,7 +316,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **setting
         target, options = create_app(**settings), {}  # create_app refuses what cannot work
     configure_access_log()
     log.info("serving on http://%s:%d/ (API docs at /docs)", host, port)
-    uvicorn.run(target, host=host, port=port, access_log=False, **options)
+    uvicorn.run(target, host=host, port=port, root_path=root_path, access_log=False, **options)
 
 
 def app_from_env() -> FastAPI:

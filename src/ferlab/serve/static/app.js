@@ -40,12 +40,12 @@ function predict(blob, name) {
   const form = new FormData();
   form.append("file", blob, name);
   const query = new URLSearchParams({ detector: els.detector.value });
-  return api(`/v1/predict?${query}`, { method: "POST", body: form });
+  return api(`v1/predict?${query}`, { method: "POST", body: form });
 }
 
 async function loadModelInfo() {
   try {
-    const info = await api("/v1/models");
+    const info = await api("v1/models");
     classes = info.classes;
     $("model-name").textContent = `model ${info.name} (${info.runtime})`;
     els.detector.replaceChildren(...info.detectors.filter((d) => d !== "none").map((d) => {
