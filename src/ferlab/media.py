@@ -17,23 +17,29 @@ FILE_KINDS = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs, not photos
 
 
+class TooManyPixels(ValueError):
+    """An image over the pixel limit: a decompression bomb, not a photo."""
+
+
 def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8, honouring EXIF orientation; refuse huge images."""
     path = Path(path)
     try:
         with open_image(path) as im:
-            if im.width * im.height > max_pixels:
-                raise ValueError(
-                    f"{path}: image is {im.width}x{im.height} pixels, over the limit of "
-                    f"{max_pixels} (decompression bomb?)"
-                )
-            return pil_to_rgb(im)
+            return limited_rgb(im, max_pixels)
+    except TooManyPixels as e:
+        raise ValueError(f"{path}: {e} (decompression bomb?)") from None
     except (OSError, Image.DecompressionBombError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
-def pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """RGB uint8 of a PIL image, upright, 16-bit and float images scaled to 8 bits."""
+def limited_rgb(im: Image.Image, max_pixels: int) -> np.ndarray:
+    """RGB uint8 of an opened image, upright, 16-bit and float images scaled to 8 bits; its
+    size is checked against ``max_pixels`` before it is decoded."""
+    if im.width * im.height > max_pixels:
+        raise TooManyPixels(
+            f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}"
+        )
     return np.asarray(upright_8bit(im).convert("RGB"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 from rich.box import SIMPLE
 from rich.table import Table
 
-from ..data import EMOTIONS
+from ..data import EMOTIONS, atomic_write_bytes
 from .app import TTA_HELP, app, console, err, parse_formats
 
 
@@ -96,8 +97,9 @@ def demo(
     from ..predict import Predictor
 
     photo = out / "astronaut.png"
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(demo_image()).save(photo)
+    buf = io.BytesIO()
+    Image.fromarray(demo_image()).save(buf, format="PNG")
+    atomic_write_bytes(photo, buf.getvalue())
     predictor = Predictor(_load(model, "torch"), detector)
     records, files = write_predictions(predictor(photo), out, ["json"])
     table = Table(title="astronaut (skimage.data.astronaut)", box=SIMPLE)

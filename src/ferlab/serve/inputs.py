@@ -23,7 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from ..data import EMOTIONS, IMAGE_FORMATS, open_image
-from ..media import pil_to_rgb
+from ..media import TooManyPixels, limited_rgb
 
 
 class ApiError(Exception):
@@ -63,13 +63,10 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as e:
         raise ApiError(422, f"corrupt {_kind(data)} image ({e})") from None
     with im:
-        if im.width * im.height > max_pixels:
-            raise ApiError(
-                413,
-                f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}",
-            )
         try:
-            return pil_to_rgb(im)
+            return limited_rgb(im, max_pixels)
+        except TooManyPixels as e:
+            raise ApiError(413, str(e)) from None
         except (OSError, SyntaxError, ValueError) as e:
             raise ApiError(422, f"corrupt {im.format} image ({e})") from None
 
