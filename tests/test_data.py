@@ -87,15 +87,20 @@ def test_real_csv_counts_and_second_load_from_the_cache(monkeypatch):
         ('1,"1 2 3",Training', "row 2: 'pixels' has 3 values, expected 2304"),
         ('1,"{bad}",Training', "row 2: 'pixels' has values outside 0..255"),
         ('1,"{nan}",Training', "row 2: 'pixels' must be 2304 integers"),
-        ('1,"{px}",Validation', "unknown Usage value(s) ['Validation']"),
+        ('1,"{huge}",Training', "row 2: 'pixels' must be 2304 integers"),  # past int64
+        ('1,"{px}",Validation', "row 2: 'Usage' is 'Validation', expected one of Training"),
+        # a row without a Usage among rows with one would belong to no official split
+        ('1,"{px}",Training\n1,"{px}",', "row 3: 'Usage' is empty, expected one of Training"),
     ],
 )
 def test_bad_rows_name_file_and_row(tmp_path, line, message):
     px = " ".join(["7"] * 2304)
     bad = " ".join(["7"] * 2303 + ["256"])
     nan = " ".join(["7"] * 2303 + ["x"])
+    huge = " ".join(["7"] * 2303 + ["9" * 20])
     path = tmp_path / "bad.csv"
-    path.write_text("emotion,pixels,Usage\n" + line.format(px=px, bad=bad, nan=nan) + "\n")
+    text = line.format(px=px, bad=bad, nan=nan, huge=huge)
+    path.write_text("emotion,pixels,Usage\n" + text + "\n")
     with pytest.raises(DataError) as e:
         load_dataset(path)
     assert str(path) in str(e.value) and message in str(e.value)

@@ -152,6 +152,10 @@ def test_gather_rows_single_process_and_batch_divisibility(real_csv, tmp_path):
     train(_cfg(real_csv, tmp_path, name="once", epochs=1))
     with pytest.raises(FileExistsError, match="once already holds a run"):
         train(_cfg(real_csv, tmp_path, name="once", epochs=1), nproc=2)
+    # with its last.pt deleted to save space, the run's best.pt is still not overwritten
+    (tmp_path / "runs" / "once" / "last.pt").unlink()
+    with pytest.raises(FileExistsError, match="once already holds a run"):
+        train(_cfg(real_csv, tmp_path, name="once", epochs=1))
     # what only a worker can find comes back as the worker's one last line
     with pytest.raises(RuntimeError, match=r"^rank \d: .*no-such\.csv"):
         train(_cfg(tmp_path / "no-such.csv", tmp_path, name="nodata"), nproc=2)

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import save_image
+from ferlab.config import TrainConfig
 from ferlab.data import EMOTIONS
-from ferlab.experiments import Suite, run_suite
+from ferlab.experiments import Suite, run_suite, run_trial
 from ferlab.report import build_report
 from ferlab.stats import summarize, welch
 
@@ -325,8 +327,28 @@ def test_malformed_suites_fail_with_the_file_named(tmp_path):
         ("variants: [a, b]", r"variants: expected a mapping, got \['a', 'b'\]"),
         ("base: 3", "base: expected a mapping, got 3"),
         ("variants: {a: 5}", "variant a: expected a mapping, got 5"),
+        # wrong types once crashed with a traceback, or only after every trial had run
+        ("repeats: '3'", "repeats: expected a whole number at least 1, got '3'"),
+        ("variants: {a: {repeats: 2.5}}", "a: repeats: expected a whole number at least 1"),
+        ("name: null", "name: expected a string, got None"),
+        ("notes: [a, b]", r"notes: expected a string, got \['a', 'b'\]"),
+        ("base: {repeats: 5}", "base: repeats is set for the suite or per variant"),
+        # a misspelt choice in a variant fails when the suite loads, not when its trial runs
+        ("variants: {a: {optimizer: adamm}}", "config optimizer: expected one of adam, adamw"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:
             Suite.from_yaml(path)
         assert str(e.value).startswith(f"{path}: "), e.value
+
+
+def test_a_trial_whose_report_split_is_empty_fails_before_training(tmp_path):
+    # the per-image release without PrivateTest_ names: its official split has no test faces
+    faces = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    for part in ("train", "test"):
+        for i, emotion in enumerate(EMOTIONS):
+            save_image(tmp_path / "data" / part / emotion / f"{i}.png", faces)
+    cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "runs"), name="t")
+    with pytest.raises(ValueError, match="holds no faces"):
+        run_trial(cfg, "test")
+    assert sorted(p.name for p in (tmp_path / "runs" / "t").iterdir()) == ["error.json"]

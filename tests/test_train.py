@@ -233,19 +233,42 @@ def test_config_yaml_and_overrides(tmp_path):
         # settings the chosen loss would drop silently
         ("focal_alpha: [1, 1, 1, 1, 1, 1, 1]", "focal_alpha: applies to loss: focal only"),
         ("{loss: focal, label_smoothing: 0.1}", "label_smoothing: applies to loss: ce only"),
+        # misspelt choices: each once failed only after the data loaded, without the file
+        ("optimizer: adamm", "config optimizer: expected one of adam, adamw, sgd, got 'adamm'"),
+        ("scheduler: cos", "config scheduler: expected one of plateau, cosine, onecycle, none"),
+        ("loss: xe", "config loss: expected one of ce, focal, got 'xe'"),
+        ("normalize: z", "config normalize: expected one of minmax, none, standardize"),
+        ("monitor: acc", "config monitor: expected one of val_loss, val_acc, got 'acc'"),
+        ("split: strat", "config split: expected one of official, stratified, got 'strat'"),
+        ("model: vgg16", "config model: expected one of .*vgg19.*, got 'vgg16'"),
+        ("seed: -1", "config seed: expected a value at least 0, got -1"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:
             TrainConfig.from_yaml(path)
         assert str(e.value).startswith(f"{path}: "), e.value  # the file is named
-    assert parse_override("lr=1e-3") == ("lr", 1e-3)
-    assert parse_override("epochs=5") == ("epochs", 5)
-    assert parse_override("lr=1") == ("lr", 1.0)
-    assert parse_override("name=123") == ("name", "123")
-    assert parse_override("augment=false") == ("augment", False)
-    assert parse_override("model_kwargs={hidden: 256}") == ("model_kwargs", {"hidden": 256})
+    # a flag's bad value is not blamed on the file
+    path.write_text("epochs: 3\n")
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_yaml(path, epochs=0)
+    assert str(e.value) == "config epochs: expected a value at least 1, got 0"
+
+    def overridden(item: str) -> object:
+        key, value = parse_override(item)
+        return getattr(TrainConfig.from_dict({key: value}), key)
+
+    # --set values are typed and checked as the file's are: 1e2 and 10.0 are whole numbers
+    assert overridden("lr=1e-3") == 1e-3 and overridden("lr=1") == 1.0
+    assert overridden("epochs=5") == 5 and overridden("epochs=1e2") == 100
+    assert overridden("epochs=10.0") == 10 and overridden("name=123") == "123"
+    assert overridden("augment=false") is False
+    assert overridden("model_kwargs={hidden: 256}") == {"hidden": 256}
+    with pytest.raises(ValueError, match=r"config epochs: expected a whole number, got 2\.5"):
+        overridden("epochs=2.5")
     with pytest.raises(ValueError, match="unknown config key 'bogus'"):
         parse_override("bogus=1")
+    with pytest.raises(ValueError, match=r"--set model_kwargs: cannot read '\{a: \[' as YAML"):
+        parse_override("model_kwargs={a: [")
 
 
 @pytest.mark.parametrize("warmup, peak", [(0.25, 9), (2, 7)])

@@ -94,12 +94,14 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-        values = load_yaml_mapping(path) if path else {}
-        values.update(overrides)
+        in_file = load_yaml_mapping(path) if path else {}
         try:
-            return cls.from_dict(values)
+            return cls.from_dict({**in_file, **overrides})
         except ValueError as e:
-            raise ValueError(f"{path}: {e}" if path else str(e)) from None
+            # name the file only for what came from it, not for a flag's value
+            key = getattr(e, "key", None)
+            blame = path and (key is None or (key in in_file and key not in overrides))
+            raise ValueError(f"{path}: {e}" if blame else str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -127,6 +129,7 @@ _PROBABILITY = _within(0, 1)
 # each numeric field's range: a value outside fails at startup with its name, not as a
 # ZeroDivisionError after the data loads or (early_stopping: -1) as a run that stops at once
 RANGES: dict[str, tuple[Any, str]] = {
+    "seed": at_least(0),
     "threads": at_least(0),
     "subset": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "frozen_blocks": _within(0, 5),
@@ -158,16 +161,42 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
+# each named choice: a misspelt one fails at startup with its key, not after the data loads
+CHOICES: dict[str, tuple[str, ...]] = {
+    "split": ("official", "stratified"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "scheduler": ("plateau", "cosine", "onecycle", "none"),
+    "monitor": ("val_loss", "val_acc"),
+    "loss": ("ce", "focal"),
+    "normalize": ("minmax", "none", "standardize"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad value of config ``key``."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config {key}: {message}")
+        self.key = key
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
+    from .models import list_models
+
     for key, (ok, expected) in RANGES.items():
         value = getattr(cfg, key)
         if not ok(value):  # NaN fails every test
-            raise ValueError(f"config {key}: expected a value {expected}, got {value!r}")
+            raise ConfigError(key, f"expected a value {expected}, got {value!r}")
+    for key, choices in {**CHOICES, "model": tuple(list_models())}.items():
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(
+                key, f"expected one of {', '.join(choices)}, got {getattr(cfg, key)!r}"
+            )
     # settings the chosen loss ignores: silently dropping them would train another recipe
     if cfg.loss != "focal" and cfg.focal_alpha is not None:
-        raise ValueError(f"config focal_alpha: applies to loss: focal only, got loss: {cfg.loss}")
+        raise ConfigError("focal_alpha", f"applies to loss: focal only, got loss: {cfg.loss}")
     if cfg.loss == "focal" and cfg.label_smoothing:
-        raise ValueError("config label_smoothing: applies to loss: ce only, got loss: focal")
+        raise ConfigError("label_smoothing", "applies to loss: ce only, got loss: focal")
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -190,22 +219,22 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     if kind in (typing.Union, types.UnionType):  # list[float] | None with a value
         kind = typing.get_origin(typing.get_args(hint)[0]) or typing.get_args(hint)[0]
     if isinstance(value, bool) and kind is not bool:
-        raise ValueError(f"config {key}: expected {kind.__name__}, got {value!r}")
+        raise ConfigError(key, f"expected {kind.__name__}, got {value!r}")
     if kind in (int, float):
         try:  # YAML 1.1 reads "1e-4" as a string, and 64.0 or 5 may stand for 64 or 5.0
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"config {key}: expected a number, got {value!r}") from None
+            raise ConfigError(key, f"expected a number, got {value!r}") from None
         if kind is int:
             if not number.is_integer():
-                raise ValueError(f"config {key}: expected a whole number, got {value!r}")
+                raise ConfigError(key, f"expected a whole number, got {value!r}")
             return int(number)
         return number
     if kind is str and isinstance(value, int | float):
         return str(value)  # a run named 2024
     expected = {tuple: list | tuple, list: list | tuple}.get(kind, kind)
     if not isinstance(value, expected):
-        raise ValueError(f"config {key}: expected {kind.__name__}, got {value!r}")
+        raise ConfigError(key, f"expected {kind.__name__}, got {value!r}")
     return value
 
 
@@ -216,7 +245,7 @@ def _numbers(key: str, value: Any, n: int) -> list[float]:
             raise ValueError
         return [float(v) for v in value]
     except (TypeError, ValueError):
-        raise ValueError(f"config {key}: expected {n} numbers, got {value!r}") from None
+        raise ConfigError(key, f"expected {n} numbers, got {value!r}") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -228,12 +257,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     hints = typing.get_type_hints(TrainConfig)
     if key not in hints:
         raise ValueError(f"unknown config key {key!r}")
-    kind = hints[key]
-    try:
-        if kind is str:
-            return key, raw  # keep numeric-looking names as strings
-        if kind in (int, float):
-            return key, kind(raw)  # float("1e-4") works; YAML 1.1 would read it as a string
+    if hints[key] is str:
+        return key, raw  # keep numeric-looking names as strings
+    try:  # typed and checked with the file's values, as the file's are (1e-4, 1e2, 10.0)
         return key, yaml.safe_load(raw)
-    except (ValueError, yaml.YAMLError):
-        raise ValueError(f"--set {key}: cannot read {raw!r} as {kind}") from None
+    except yaml.YAMLError:
+        raise ValueError(f"--set {key}: cannot read {raw!r} as YAML") from None

@@ -132,7 +132,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _parse_pixels(text: str, where: str) -> np.ndarray:
     try:
         values = np.array(text.split(), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):  # "x", or a number past int64
         raise DataError(f"{where}: 'pixels' must be 2304 integers in 0..255") from None
     if values.size != SIZE * SIZE:
         raise DataError(f"{where}: 'pixels' has {values.size} values, expected 2304 (48x48)")
@@ -153,6 +153,7 @@ def _parse_csv(path: Path) -> FaceData:
                     "expected header emotion,pixels,Usage"
                 )
             images, labels, usage = [], [], []
+            blank = 0  # the first row without a Usage
             for row_no, row in enumerate(reader, start=2):  # row 1 is the header
                 where = f"{path}, row {row_no}"
                 try:
@@ -164,13 +165,20 @@ def _parse_csv(path: Path) -> FaceData:
                 images.append(_parse_pixels(row["pixels"] or "", where))
                 labels.append(label)
                 usage.append((row.get("Usage") or "").strip())
+                if usage[-1] not in (*USAGES, ""):
+                    raise DataError(
+                        f"{where}: 'Usage' is {usage[-1]!r}, expected one of {', '.join(USAGES)}"
+                    )
+                blank = blank or (row_no if not usage[-1] else 0)
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read as a FER-2013 CSV ({e})") from None
     if not images:
         raise DataError(f"{path}: no data rows")
-    bad = sorted(set(usage) - {*USAGES, ""})
-    if bad:
-        raise DataError(f"{path}: unknown Usage value(s) {bad}; expected one of {list(USAGES)}")
+    if blank and any(usage):  # it would silently belong to none of the official splits
+        raise DataError(
+            f"{path}, row {blank}: 'Usage' is empty, expected one of {', '.join(USAGES)} "
+            "(other rows have one)"
+        )
     return FaceData(np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(path))
 
 

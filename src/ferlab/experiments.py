@@ -79,6 +79,18 @@ class Suite:
         return suite
 
     def validate(self) -> None:
+        for key in ("name", "report_split", "baseline", "out", "notes"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"{key}: expected a string, got {getattr(self, key)!r}")
+        if "repeats" in self.base:  # it would be read as a training setting, and ignored
+            raise ValueError("base: repeats is set for the suite or per variant, not in base")
+        counts = [("repeats", self.repeats)]
+        counts += [
+            (f"{k}: repeats", v["repeats"]) for k, v in self.variants.items() if "repeats" in v
+        ]
+        for where, n in counts:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{where}: expected a whole number at least 1, got {n!r}")
         for where, values in [("base", self.base), *self.variants.items()]:
             fixed = sorted({"seed", "out", "name"} & set(values))
             if fixed:  # each trial sets them: seeds count from 0, runs go under the suite
@@ -176,6 +188,8 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
     run_dir = Path(cfg.out) / cfg.name
     (run_dir / "error.json").unlink(missing_ok=True)
     try:
+        # the split to report, before hours of training: one that holds no faces fails now
+        part = load_split(cfg.data, report_split, cfg.split, cfg.seed, cfg.ignore_unknown)
         if (run_dir / "last.pt").is_file():
             # a resumed run keeps the recipe in its last.pt (what train() resumes with):
             # refuse one the suite no longer asks for, or result.json would describe
@@ -190,7 +204,6 @@ def run_trial(cfg: TrainConfig, report_split: str, threads: int = 0) -> dict[str
         else:
             train(cfg)
         clf = load_model(run_dir / "best.pt")
-        part = load_split(cfg.data, report_split, cfg.split, cfg.seed, cfg.ignore_unknown)
         metrics = evaluate_probs(clf.predict_proba(part.images), part.labels)
         result = {
             "variant": run_dir.parent.name,

@@ -72,14 +72,19 @@ class Parts:
     kwargs: dict[str, Any]  # model kwargs
 
 
+def check_batch_size(batch_size: int, world: int) -> None:
+    """Every process takes an equal share of the global batch."""
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {world} processes")
+
+
 def build_parts(
     cfg: TrainConfig,
     data: dict[str, torch.Tensor],
     device: torch.device,
     d: distributed.Dist = distributed.Dist(),
 ) -> Parts:
-    if cfg.batch_size % d.world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {d.world} processes")
+    check_batch_size(cfg.batch_size, d.world)
     kwargs = model_kwargs(cfg)
     model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
     if cfg.channels_last:

@@ -30,6 +30,7 @@ from .models import create_model
 from .parts import (
     Parts,
     build_parts,
+    check_batch_size,
     eval_model,
     load_splits,
     make_checkpoint,
@@ -136,10 +137,7 @@ def train(
     if nproc > 1:
         # what can be refused is refused here, as one line, not as a traceback per process
         checked, _, _ = _prepare(cfg, resume, runtime)
-        if checked.batch_size % nproc:
-            raise ValueError(
-                f"batch_size {checked.batch_size} is not divisible by {nproc} processes"
-            )
+        check_batch_size(checked.batch_size, nproc)
         model_kwargs(checked)  # pretrained/frozen_blocks on a model that has none
         create_model(checked.model, **checked.model_kwargs)  # unknown names and kwargs
         if resume is None and not cfg.name:  # every process must pick the same directory
@@ -308,7 +306,9 @@ def _prepare(
     """The config and run directory of a new run, or those of a run to resume."""
     if resume is None:
         run_dir = _run_dir(cfg)
-        if (run_dir / "last.pt").exists():
+        # either checkpoint counts: a run whose last.pt was deleted to save space still has
+        # its best.pt (and history), which a new run would overwrite
+        if any((run_dir / f).exists() for f in ("last.pt", "best.pt")):
             raise FileExistsError(f"{run_dir} already holds a run; resume it or pick a new name")
         return cfg, run_dir, None
     run_dir = Path(resume)
