@@ -178,3 +178,42 @@ def test_an_ensembles_own_tta_is_the_default(faces, tmp_path):  # noqa: F811
 
     np.testing.assert_allclose(predicted(), own, atol=1e-5)  # the Predictor keeps it
     np.testing.assert_allclose(predicted(tta="none"), plain, atol=1e-5)  # unless told otherwise
+
+
+def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out_faces(
+    faces,  # noqa: F811
+    tmp_path,
+):
+    from conftest import save_image
+    from ferlab.ensemble import build_ensemble
+    from ferlab.evaluate import evaluate_probs, evaluate_split, load_split
+
+    rng = np.random.default_rng(0)
+    for emotion in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"):
+        for i in range(10):
+            save_image(
+                tmp_path / "faces" / emotion / f"{i}.png", rng.integers(0, 256, (48, 48), np.uint8)
+            )
+    data = str(tmp_path / "faces")
+    members = [make_classifier(faces, seed=s) for s in (0, 1)]
+    for m in members:  # trained on a stratified split (seed 3) of that folder
+        m.meta["config"] = {"data": data, "split": "stratified", "seed": 3}
+    # a folder has no official split: calibration once failed here, or (on a CSV) used
+    # faces the members had trained on
+    ens, accuracy = build_ensemble(members, data, "PublicTest")
+    held_out = load_split(data, "val", "stratified", 3)
+    want = evaluate_probs(ens.predict_proba(held_out.images), held_out.labels).accuracy
+    assert accuracy["ensemble"] == round(want, 4)
+    # saved and loaded, the ensemble is scored on those same held-out faces
+    loaded = load_model(save_ensemble(ens, tmp_path / "ens"))
+    assert loaded.meta["config"] == {
+        "data": data,
+        "split": "stratified",
+        "seed": 3,
+        "ignore_unknown": False,
+    }
+    assert evaluate_split(loaded, data, "PublicTest").accuracy == pytest.approx(want, abs=1e-6)
+    # members of different splits have no common held-out faces
+    members[1].meta["config"] = {"data": data, "split": "stratified", "seed": 4}
+    with pytest.raises(ValueError, match="members were trained on different splits"):
+        build_ensemble(members, data, "PublicTest")

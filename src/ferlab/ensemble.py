@@ -113,13 +113,20 @@ def build_ensemble(
     members: list[Any], data: str, split: str = "PublicTest", tta: str = "none"
 ) -> tuple[Ensemble, dict[str, Any]]:
     """An ensemble calibrated on a held-out split (never the test split), and the split's
-    accuracy of each member and of the ensemble."""
-    from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split
+    accuracy of each member and of the ensemble. The split is the one the members were trained
+    with (a stratified split of their data, say), recorded in the ensemble's ``config`` so
+    that evaluating it later scores the same held-out faces."""
+    from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split, split_for
 
     if SPLIT_ALIASES.get(split, split) == "test":
         raise ValueError(f"--split {split}: calibrate on held-out validation data, not the test")
-    part = load_split(data, split)
-    ens = Ensemble(members, tta=tta)
+    splits = {split_for(m, data) for m in members}
+    if len(splits) > 1:  # one member's held-out faces would be another's training faces
+        raise ValueError(f"{data}: the members were trained on different splits {sorted(splits)}")
+    mode, seed, ignore = splits.pop()
+    part = load_split(data, split, mode, seed, ignore)
+    config = {"data": data, "split": mode, "seed": seed, "ignore_unknown": ignore}
+    ens = Ensemble(members, tta=tta, meta={"config": config})
     probs = ens.fit(part.images, part.labels)
     accuracy = {
         "members": [evaluate_probs(p, part.labels).accuracy for p in probs],
@@ -141,7 +148,8 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
         # later, killed save replaced is refused on load instead of mixing temperatures
         digest = hashlib.sha256(meta.read_bytes()).hexdigest()
         members.append({"file": f"{folder.name}/{meta.name}", "temperature": t, "sha256": digest})
-    manifest = {"kind": KIND, "members": members, "tta": ensemble.tta, **(extra or {})}
+    manifest = {"kind": KIND, "members": members, "tta": ensemble.tta}
+    manifest |= {**ensemble.meta, **(extra or {})}  # what it was calibrated on, and notes
     out = folder.with_name(folder.name + ".json")
     atomic_write_bytes(out, (json.dumps(manifest, indent=2) + "\n").encode())
     return out

@@ -196,12 +196,23 @@ def evaluate_split(
     tta: str | None = None,
     ignore_unknown: bool | None = None,
 ) -> Metrics:
-    """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset.
+    """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset,
+    split as :func:`split_for` says. ``tta=None`` keeps the model's own: none, or an
+    ensemble's calibrated one."""
+    mode, seed, ignore = split_for(classifier, data_path, split_mode, ignore_unknown)
+    part = load_split(data_path, split, mode, seed, ignore)
+    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
+
+
+def split_for(
+    classifier, data_path: str, split_mode: str | None = None, ignore_unknown: bool | None = None
+) -> tuple[str, int, bool]:
+    """How to split ``data_path`` for a model: ``(split_mode, seed, ignore_unknown)``.
 
     ``split_mode=None``: on the data the model was trained on, the split it was trained with
     (a stratified split's seed included, so its held-out faces stay held out); otherwise
-    ``official``. ``tta=None`` keeps the model's own: none, or an ensemble's calibrated one.
-    ``ignore_unknown=None``: as trained on the same data, else off (unknown class folders fail).
+    ``official``. ``ignore_unknown=None``: as trained on the same data, else off (unknown class
+    folders fail).
     """
     trained = (getattr(classifier, "meta", None) or {}).get("config") or {}
     same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
@@ -220,14 +231,9 @@ def evaluate_split(
             )
     if ignore_unknown is None:
         ignore_unknown = bool(trained.get("ignore_unknown")) and same_data
-    part = load_split(
-        data_path,
-        split,
-        split_mode,
-        seed=int(trained.get("seed", 0)) if same_data else 0,
-        ignore_unknown=ignore_unknown,
-    )
-    return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
+    # the seed draws a stratified split only: official splits of any seed are one split
+    seed = int(trained.get("seed", 0)) if same_data and split_mode == "stratified" else 0
+    return split_mode, seed, ignore_unknown
 
 
 def load_split(
