@@ -23,6 +23,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
+from .faces import crop_centre
+
 log = logging.getLogger(__name__)
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -228,19 +230,14 @@ def upright_8bit(im: Image.Image) -> Image.Image:
 
 
 def read_image(path: Path, size: int = SIZE) -> np.ndarray:
-    """Read any image as a ``size`` x ``size`` uint8 grayscale array (centre square crop)."""
+    """Read any image as a ``size`` x ``size`` uint8 grayscale array (centre square crop),
+    with the same pixels as ``predict --no-detect`` gives the model for that file."""
     try:
         with open_image(path) as src:
-            im = upright_8bit(src).convert("L")
-            w, h = im.size
-            s = min(w, h)
-            if w != h:
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            if s != size:
-                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return np.asarray(im, dtype=np.uint8)
+            rgb = np.asarray(upright_8bit(src).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({e})") from None
+    return crop_centre(rgb, size)
 
 
 def _usage_from_name(name: str, default: str) -> str:
@@ -293,8 +290,9 @@ def load_image_folder(
             str(root),
         )
 
-    # "upright": arrays cached before read_image honoured EXIF and 16 bits are decoded again
-    key = f"upright|{default_usage}|" + _fingerprint([f for f, _ in files])
+    # "crop2": arrays cached before read_image cropped as predict does (and before it honoured
+    # EXIF and 16 bits) are decoded again
+    key = f"crop2|{default_usage}|" + _fingerprint([f for f, _ in files])
     return _cached(key, str(root), parse)
 
 

@@ -230,9 +230,20 @@ class WholeImageDetector:
     name = "none"
 
     def detect(self, image: np.ndarray) -> list[Box]:
-        height, width = np.asarray(image).shape[:2]
-        side = min(width, height)
-        return [((width - side) // 2, (height - side) // 2, side, side)]
+        return [centre_square(np.asarray(image).shape)]
+
+
+def centre_square(shape: tuple[int, ...]) -> Box:
+    """The largest centred square of an image of ``shape`` (height, width, ...)."""
+    height, width = shape[:2]
+    side = min(width, height)
+    return ((width - side) // 2, (height - side) // 2, side, side)
+
+
+def crop_centre(image: np.ndarray, size: int = 48) -> np.ndarray:
+    """The centre square as uint8 grayscale ``(size, size)``: how folder datasets are read for
+    training and ``evaluate``, and how ``predict --no-detect`` crops, pixel for pixel."""
+    return _crop(to_gray(image), centre_square(image.shape), 0.0, size)
 
 
 def crop_margin(detector: str) -> float:
