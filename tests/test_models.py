@@ -1,3 +1,6 @@
+import datetime
+import hashlib
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -75,6 +78,12 @@ def test_imagenet_loader_rejects_mismatches(tmp_path):
         create_model("vgg19", pretrained=str(partial))
     with pytest.raises(FileNotFoundError):
         create_model("vgg19", pretrained=str(tmp_path / "absent.pth"))
+    # a pickle of something other than tensors: one line naming the file, never run
+    torch.save({"when": datetime.date(2026, 1, 1)}, tmp_path / "obj.pth")
+    with pytest.raises(ValueError) as e:
+        create_model("vgg19", pretrained=str(tmp_path / "obj.pth"))
+    assert str(e.value).startswith(f"{tmp_path / 'obj.pth'}: not a PyTorch state dict (")
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
 
 
 @pytest.mark.parametrize("n", [1, 3, 5])
@@ -107,20 +116,30 @@ def test_imagenet_weights_download_and_cache(tmp_path, monkeypatch):
     served = tmp_path / "served"
     served.mkdir()
     state = _torchvision_state()
-    torch.save(state, served / "vgg19-dcbb9e9d.pth")
+    torch.save(state, served / "weights.pth")
+    # named as torch.hub expects: the file's SHA-256 prefix, checked on download
+    digest = hashlib.sha256((served / "weights.pth").read_bytes()).hexdigest()[:8]
+    name = f"vgg19-{digest}.pth"
+    (served / "weights.pth").rename(served / name)
+    (served / "vgg19-00000000.pth").write_bytes((served / name).read_bytes())  # a wrong file
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    url = f"http://127.0.0.1:{server.server_address[1]}/vgg19-dcbb9e9d.pth"
-    monkeypatch.setattr(vgg, "IMAGENET_URL", url)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+        # a download whose bytes do not match its name's hash is refused, and not cached
+        monkeypatch.setattr(vgg, "IMAGENET_URL", f"{base}/vgg19-00000000.pth")
+        with pytest.raises(ValueError, match="the download is not the expected file"):
+            create_model("vgg19", pretrained="imagenet")
+        monkeypatch.setattr(vgg, "IMAGENET_URL", f"{base}/{name}")
         model = create_model("vgg19", pretrained="imagenet")
     finally:
         server.shutdown()
         server.server_close()  # closed, not just idle: a later request must fail, not hang
     assert torch.equal(model.state_dict()["features.0.weight"], state["features.0.weight"])
-    assert (tmp_path / "hub" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").is_file()
+    cached = sorted(p.name for p in (tmp_path / "hub" / "hub" / "checkpoints").iterdir())
+    assert cached == [name]
     create_model("vgg19", pretrained="imagenet")  # server gone: the cached copy is used
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))

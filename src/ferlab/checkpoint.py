@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from .data import atomic_write_bytes
 from .models import create_model
+from .pickles import load_tensors
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -30,22 +30,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "best.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors come in many types; one clear line for all
-        raise ValueError(f"{path}: not a ferlab checkpoint ({_reason(e)})") from None
+    ckpt = load_tensors(path, "a ferlab checkpoint")
     if not isinstance(ckpt, dict) or not {"model_name", "model", "preprocess"} <= set(ckpt):
         raise ValueError(f"{path}: not a ferlab checkpoint (needs model_name, model, preprocess)")
     return ckpt
-
-
-def _reason(e: Exception) -> str:
-    """The first line of what the weights-only unpickler refused (torch's message is a page
-    that ends by suggesting ``weights_only=False``, which ferlab never does)."""
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-    text = found.group(1) if found else str(e)
-    first = (text.strip().splitlines() or [""])[0].split(". ")[0]  # not torch's advice
-    return f"{type(e).__name__}: {first[:160]}"
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:

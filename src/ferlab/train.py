@@ -40,6 +40,7 @@ from .parts import (
     rng_state,
     steps_per_epoch,
 )
+from .pickles import load_tensors
 from .transforms import scale, to_float
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ def _teacher_targets(
     hold another teacher's targets, or another seed's faces."""
     path = run_dir / "teacher_probs.pt"
     if resuming and path.is_file():
-        probs = torch.load(path, map_location="cpu", weights_only=True)["probs"]
+        probs = load_tensors(path, "a teacher's targets")["probs"]
         if probs.shape == (len(images), len(EMOTIONS)):
             log.info("teacher targets from %s", path)
             return probs

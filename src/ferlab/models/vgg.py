@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..pickles import load_tensors
 from . import register_model
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,18 @@ def _read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if str(source) == "imagenet":
         # Needs internet on first use; cached under torch.hub's directory afterwards.
         try:
+            # check_hash: the file's SHA-256 must start with the name's "dcbb9e9d"
             return torch.hub.load_state_dict_from_url(
-                IMAGENET_URL, progress=True, weights_only=True
+                IMAGENET_URL, progress=True, check_hash=True, weights_only=True
             )
         except OSError as e:  # URLError is an OSError: no network, DNS, HTTP errors
             raise OSError(
                 f"ImageNet weights could not be downloaded from {IMAGENET_URL} ({e}); "
                 "download vgg19-dcbb9e9d.pth elsewhere and set pretrained to its path"
+            ) from None
+        except RuntimeError as e:  # torch's hash check; the bad download is not kept
+            raise ValueError(
+                f"{IMAGENET_URL}: the download is not the expected file ({e})"
             ) from None
     path = Path(source)
     if not path.is_file():
@@ -118,7 +124,7 @@ def _read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "a PyTorch state dict")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
