@@ -175,6 +175,13 @@ def test_onnx_input_errors_match_classifier(ort, tmp_path):
         assert str(got.value) == str(want.value)
     with pytest.raises(ValueError, match="unknown tta"):
         onnx_clf.predict_proba(faces, tta="rotate")
+    for batch_size in (0, -1, 2.5, True):  # once: range() or numpy errors, or one face a batch
+        for model in (clf, onnx_clf):
+            with pytest.raises(ValueError, match="batch_size must be a whole number at least 1"):
+                model.predict_proba(faces, batch_size=batch_size)
+    np.testing.assert_allclose(
+        clf.predict_proba(faces, batch_size=np.int64(3)), clf.predict_proba(faces), atol=1e-6
+    )
 
 
 def test_onnx_missing_corrupt_or_foreign_file(ort, tmp_path):
@@ -259,6 +266,16 @@ def test_safetensors_errors(tmp_path):
     weights.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a ferlab safetensors export"):
         load_safetensors_model(weights)
+    # a misspelt normalisation once ran silently as minmax; a zero std divided by zero
+    _, meta = export_safetensors(clf, tmp_path / "p")
+    info = json.loads(meta.read_text())
+    for spec, message in [
+        ({**info["preprocess"], "normalize": "standardise"}, "expected one of"),
+        ({**info["preprocess"], "normalize": "standardize", "std": 0.0}, "std > 0"),
+    ]:
+        meta.write_text(json.dumps({**info, "preprocess": spec}))
+        with pytest.raises(ValueError, match=f"p.json: preprocess .*{message}"):
+            load_safetensors_model(meta)
 
 
 def test_safetensors_pair_from_two_exports_is_refused(tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 from .data import atomic_write_bytes
 from .models import create_model
 from .pickles import load_tensors
+from .transforms import check_preprocess
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -33,6 +34,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = load_tensors(path, "a ferlab checkpoint")
     if not isinstance(ckpt, dict) or not {"model_name", "model", "preprocess"} <= set(ckpt):
         raise ValueError(f"{path}: not a ferlab checkpoint (needs model_name, model, preprocess)")
+    try:
+        check_preprocess(ckpt["preprocess"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return ckpt
 
 

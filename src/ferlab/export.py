@@ -22,7 +22,7 @@ from .classifier import REQUIRED, TRAINING_KEYS, Classifier, check_faces
 from .data import atomic_write_bytes
 from .models import create_model
 from .onnx_model import OnnxClassifier
-from .transforms import scale
+from .transforms import check_preprocess, scale
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +340,10 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
     missing = [k for k in REQUIRED if k not in info]
     if missing:
         raise ValueError(f"{meta}: not a ferlab export (lacks {', '.join(missing)})")
+    try:
+        check_preprocess(info["preprocess"])
+    except ValueError as e:
+        raise ValueError(f"{meta}: {e}") from None
     digest = hashlib.sha256(blob).hexdigest()
     if info.get("sha256", digest) != digest:  # exports before the hash was written have none
         raise ValueError(

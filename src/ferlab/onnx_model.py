@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classifier import REQUIRED, TRAINING_KEYS, check_faces
+from .classifier import REQUIRED, TRAINING_KEYS, check_batch, check_faces
 from .transforms import check_tta, tta_views
 
 
@@ -64,7 +64,7 @@ class OnnxClassifier:
         :func:`~ferlab.transforms.tta_views`, then takes the softmax: the same numbers as
         ``Classifier.predict_proba(..., tta=tta)``.
         """
-        faces, tta = check_faces(faces), check_tta(tta)
+        faces, tta, batch_size = check_faces(faces), check_tta(tta), check_batch(batch_size)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         for i in range(0, len(faces), batch_size):
             x = faces[i : i + batch_size, None].astype(np.float32)

@@ -29,13 +29,31 @@ def preprocess_spec(normalize: str, images: torch.Tensor | None = None) -> dict:
     return {"size": 48, "channels": 1, "normalize": normalize, "mean": mean, "std": std}
 
 
+def check_preprocess(spec: dict) -> dict:
+    """A model's stored preprocessing, refused if it names an unknown normalisation or a
+    standardisation that cannot be applied (a typo would otherwise run as minmax)."""
+    if not isinstance(spec, dict) or spec.get("normalize") not in NORMALIZATIONS:
+        got = spec.get("normalize") if isinstance(spec, dict) else spec
+        raise ValueError(f"preprocess normalize: expected one of {NORMALIZATIONS}, got {got!r}")
+    if spec["normalize"] == "standardize":
+        mean, std = spec.get("mean"), spec.get("std")
+        numbers = all(isinstance(v, int | float) and math.isfinite(v) for v in (mean, std))
+        if not numbers or std <= 0:  # type: ignore[operator]
+            raise ValueError(
+                f"preprocess standardize: needs a finite mean and std > 0, got {mean!r}, {std!r}"
+            )
+    return spec
+
+
 def scale(x01: torch.Tensor, spec: dict) -> torch.Tensor:
     """Map [0, 1] images to the model's input range."""
     if spec["normalize"] == "none":
         return x01 * 255  # the report's "without normalisation" ablation: raw 0..255
     if spec["normalize"] == "standardize":
         return (x01 - spec["mean"]) / spec["std"]
-    return x01
+    if spec["normalize"] == "minmax":
+        return x01
+    raise ValueError(f"unknown normalize {spec['normalize']!r}; expected one of {NORMALIZATIONS}")
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
