@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,6 +154,11 @@ def test_shipped_names_resolve_to_exports_ensembles_and_onnx(faces, tmp_path, mo
     assert type(load_model("fast", runtime="onnx")) is type(fast)  # already ONNX: no re-export
     onnx_ens = load_model("ensemble", runtime="onnx")
     assert all(type(m) is type(fast) for m in onnx_ens.members)
+    # a Path names a shipped model too when no such file is here; a misspelt name lists them
+    monkeypatch.chdir(tmp_path / "ensemble")
+    assert load_model(Path("default")).name == "vggnet_s"
+    with pytest.raises(FileNotFoundError, match=r"model fats: .*\(default, ensemble, fast\)"):
+        load_model("fats")
 
 
 @pytest.mark.parametrize("name", shipped_models())

@@ -100,6 +100,13 @@ def shipped_models() -> list[str]:
     return sorted({p.stem for p in WEIGHTS.glob("*") if p.suffix in (".json", ".onnx")})
 
 
+def missing_model(name: str | Path) -> FileNotFoundError:
+    names = ", ".join(shipped_models()) or "none installed"
+    return FileNotFoundError(
+        f"model {name}: no such checkpoint, run directory, export or shipped name ({names})"
+    )
+
+
 def check_runtime(runtime: str) -> None:
     if runtime not in ("torch", "onnx"):
         raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
@@ -109,7 +116,8 @@ def model_file(path: str | Path | None = None) -> Path:
     """The file or run directory that :func:`load_model` reads, a shipped name resolved."""
     if path is None:
         path = "default"
-    if isinstance(path, str) and path in shipped_models():
+    # a name (a Path too, when no such file is here); a string name wins over a local file
+    if str(path) in shipped_models() and (isinstance(path, str) or not Path(path).exists()):
         # a shipped model is a .json (safetensors export or ensemble) or an .onnx file
         json_path = WEIGHTS / f"{path}.json"
         return json_path if json_path.is_file() else WEIGHTS / f"{path}.onnx"
@@ -153,8 +161,8 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
             return load_ensemble(path, device)
 
         return load_safetensors_model(path, device)
-    if not path.exists() and str(path) == "default":
-        raise FileNotFoundError("no model ships with this install of ferlab (weights/ missing)")
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        raise missing_model(path)  # a bare name: misspelt, or not shipped with this install
     ckpt = load_checkpoint(path)
     return Classifier(
         build_model(ckpt),

@@ -43,7 +43,7 @@ def check_settings(
     and with several workers a bad limit would crash and restart every worker in a loop.
     The defaults are :func:`~ferlab.serve.create_app`'s; a loaded model needs no check.
     ``limits``: any of :class:`Service`'s numeric settings."""
-    from ..classifier import check_runtime, model_file, shipped_models
+    from ..classifier import check_runtime, missing_model, model_file
 
     for name, value in limits.items():
         ok, need = _LIMITS[name]
@@ -60,11 +60,7 @@ def check_settings(
             )
     check_runtime(runtime)
     if isinstance(model, str | Path | None) and not model_file(model).exists():
-        names = ", ".join(shipped_models()) or "none installed"
-        raise FileNotFoundError(
-            f"model {model or 'default'}: no such checkpoint, run directory, export or shipped "
-            f"name ({names})"
-        )
+        raise missing_model(model or "default")
     create_detector(detector)  # unknown names and missing extras raise, with the fix
 
 
