@@ -12,12 +12,14 @@ there, and PrivateTest is read once per finished model elsewhere.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ferlab import load_model
+from ferlab.config import DEFAULT_DATA
 from ferlab.evaluate import load_split, predict_logits
 from ferlab.transforms import to_input
 
@@ -35,11 +37,13 @@ def ten_crop_logp(model, faces: torch.Tensor, spec: dict, size: int = 44) -> tor
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", help="Shipped name or checkpoint/run directory (PyTorch)")
-    p.add_argument("--data", default="../shared/data/fer2013.csv.gz")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     clf = load_model(args.model)
+    if not hasattr(clf, "model"):  # ten-crop runs the network on 40x40 crops itself
+        sys.exit(f"{args.model}: a {clf.runtime} model; this benchmark needs a PyTorch network")
     part = load_split(args.data, "PublicTest")
     faces = torch.from_numpy(part.images)
 

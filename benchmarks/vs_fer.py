@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ferlab.config import DEFAULT_DATA
+
 CHILD = r"""
 import json, sys, time
 import numpy as np
@@ -91,7 +93,7 @@ def main() -> None:
     ap.add_argument("--fer-python", help="Python of an environment with fer installed")
     ap.add_argument("--models", nargs="+", default=["default"], help="ferlab models (names/paths)")
     ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx"])
-    ap.add_argument("--data", default="../shared/data/fer2013.csv.gz")
+    ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--limit", type=int, default=0, help="First N faces only (a smoke test)")
     args = ap.parse_args()
@@ -109,13 +111,17 @@ def main() -> None:
         rows.update(run_fer(args.fer_python, faces, labels, args.seconds))
     batch = faces[:64]
     for name in args.models:
-        for runtime in ["onnx"] if name.endswith(".onnx") else args.runtimes:
+        measured = set()
+        for runtime in args.runtimes:
             clf = load_model(name, runtime=runtime)
+            if clf.runtime in measured:  # an ONNX file (`fast` too) runs on ONNX Runtime only
+                continue
+            measured.add(clf.runtime)
             with torch.inference_mode():
                 probs = clf.predict_proba(faces)
                 speed = faces_per_s(lambda b, c=clf: c.predict_proba(b), batch, args.seconds)
             acc = float((probs.argmax(1) == labels).mean())
-            rows[f"ferlab {name} ({runtime})"] = {"accuracy": acc, "faces_per_s": speed}
+            rows[f"ferlab {name} ({clf.runtime})"] = {"accuracy": acc, "faces_per_s": speed}
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, batch 64")
     print(
