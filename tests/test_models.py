@@ -168,6 +168,9 @@ def test_vggnet_depth_per_stage():
     for bad in [(2, 2, 2), 0, (2, 0, 2, 2), 2.5, "3"]:
         with pytest.raises(ValueError, match=wanted):
             create_model("vggnet_s", depth=bad)
+    # ResNet's blocks per stage are checked alike (once: "zip() argument 2 is shorter")
+    with pytest.raises(ValueError, match=r"blocks \(2, 2\): expected a whole number >= 1"):
+        create_model("resnet", blocks=(2, 2))
 
 
 def _stages(features: torch.nn.Sequential) -> list[list[torch.nn.Module]]:

@@ -47,13 +47,7 @@ class VGGNet(nn.Module):
         stem_stride: int = 1,
     ):
         super().__init__()
-        depths = tuple(depth) if isinstance(depth, list | tuple) else (depth,) * len(widths)
-        if len(depths) != len(widths) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths
-        ):
-            raise ValueError(
-                f"depth {depth!r}: expected a whole number >= 1, or one per stage ({len(widths)})"
-            )
+        depths = _per_stage("depth", depth, len(widths))
         layers: list[nn.Module] = []
         cin = 1
         for s, (w, d) in enumerate(zip(widths, depths, strict=True)):
@@ -92,6 +86,18 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
+def _per_stage(name: str, value: int | tuple[int, ...], stages: int) -> tuple[int, ...]:
+    """A count per stage (one whole number >= 1 for all, or one each), else one line."""
+    counts = tuple(value) if isinstance(value, list | tuple) else (value,) * stages
+    if len(counts) != stages or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts
+    ):
+        raise ValueError(
+            f"{name} {value!r}: expected a whole number >= 1, or one per stage ({stages})"
+        )
+    return counts
+
+
 class ResNet(nn.Module):
     """A narrow ResNet for 48x48: 3x3 stem, stages at 48, 24, 12, 6 pixels, GAP."""
 
@@ -103,6 +109,7 @@ class ResNet(nn.Module):
         dropout: float = 0.2,
     ):
         super().__init__()
+        blocks = _per_stage("blocks", blocks, len(widths))
         layers: list[nn.Module] = [*_conv_bn(1, widths[0])]
         cin = widths[0]
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
