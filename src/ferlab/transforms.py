@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-NORMALIZATIONS = ("minmax", "none", "standardize")
+from .config import CHOICES
+
+NORMALIZATIONS = CHOICES["normalize"]  # minmax, none, standardize
 
 
 def preprocess_spec(normalize: str, images: torch.Tensor | None = None) -> dict:
