@@ -189,6 +189,7 @@ def test_an_ensembles_own_tta_is_the_default(faces, tmp_path):  # noqa: F811
 def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out_faces(
     faces,  # noqa: F811
     tmp_path,
+    monkeypatch,
 ):
     from conftest import save_image
     from ferlab.ensemble import build_ensemble
@@ -200,7 +201,8 @@ def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out
             save_image(
                 tmp_path / "faces" / emotion / f"{i}.png", rng.integers(0, 256, (48, 48), np.uint8)
             )
-    data = str(tmp_path / "faces")
+    monkeypatch.chdir(tmp_path)
+    data = "faces"  # relative, as given on a command line
     members = [make_classifier(faces, seed=s) for s in (0, 1)]
     for m in members:  # trained on a stratified split (seed 3) of that folder
         m.meta["config"] = {"data": data, "split": "stratified", "seed": 3}
@@ -210,15 +212,18 @@ def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out
     held_out = load_split(data, "val", "stratified", 3)
     want = evaluate_probs(ens.predict_proba(held_out.images), held_out.labels).accuracy
     assert accuracy["ensemble"] == round(want, 4)
-    # saved and loaded, the ensemble is scored on those same held-out faces
+    # saved and loaded, the ensemble is scored on those same held-out faces, from anywhere
     loaded = load_model(save_ensemble(ens, tmp_path / "ens"))
     assert loaded.meta["config"] == {
-        "data": data,
+        "data": str(tmp_path / "faces"),
         "split": "stratified",
         "seed": 3,
         "ignore_unknown": False,
     }
-    assert evaluate_split(loaded, data, "PublicTest").accuracy == pytest.approx(want, abs=1e-6)
+    monkeypatch.chdir(tmp_path / "faces")
+    got = evaluate_split(loaded, str(tmp_path / "faces"), "PublicTest").accuracy
+    assert got == pytest.approx(want, abs=1e-6)
+    monkeypatch.chdir(tmp_path)
     # members of different splits have no common held-out faces
     members[1].meta["config"] = {"data": data, "split": "stratified", "seed": 4}
     with pytest.raises(ValueError, match="members were trained on different splits"):

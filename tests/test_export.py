@@ -266,7 +266,10 @@ def test_safetensors_errors(tmp_path):
     weights.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a ferlab safetensors export"):
         load_safetensors_model(weights)
-    # a misspelt normalisation once ran silently as minmax; a zero std divided by zero
+    # a misspelt normalisation once ran silently as minmax; a zero std divided by zero;
+    # numpy scalars are numbers
+    spec = {"normalize": "standardize", "mean": np.float32(0.5), "std": np.float32(0.25)}
+    assert Classifier(create_model("vggnet_s", **SMALL), spec).preprocess is spec
     _, meta = export_safetensors(clf, tmp_path / "p")
     info = json.loads(meta.read_text())
     for spec, message in [

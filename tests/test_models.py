@@ -1,6 +1,7 @@
 import datetime
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -171,6 +172,8 @@ def test_vggnet_depth_per_stage():
     # ResNet's blocks per stage are checked alike (once: "zip() argument 2 is shorter")
     with pytest.raises(ValueError, match=r"blocks \(2, 2\): expected a whole number >= 1"):
         create_model("resnet", blocks=(2, 2))
+    # numpy integers count as whole numbers, as they did before the check
+    assert create_model("vggnet_s", depth=tuple(np.array([2, 2, 3, 3]))) is not None
 
 
 def _stages(features: torch.nn.Sequential) -> list[list[torch.nn.Module]]:

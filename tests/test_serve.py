@@ -188,7 +188,8 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         ({"model": "default", "runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
         ({"detector": "yolo"}, "unknown face detector 'yolo'"),
         # with workers, a bad limit used to pass here and crash every worker in a restart loop
-        ({"model": "default", "max_batch": 0}, "max_batch must be at least 1, got 0"),
+        ({"model": "default", "max_batch": 0}, "max_batch must be a whole number at least 1"),
+        ({"model": "default", "max_batch": 2.5}, "max_batch must be a whole number at least 1"),
         ({"model": "default", "batch_wait_ms": -1}, "batch_wait_ms must be at least 0, got -1"),
         ({"model": "default", "max_upload_mb": 0}, "max_upload_mb must be above 0, got 0"),
         ({"model": "default", "timeout_s": float("nan")}, "timeout_s must be above 0, got nan"),

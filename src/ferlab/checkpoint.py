@@ -34,10 +34,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = load_tensors(path, "a ferlab checkpoint")
     if not isinstance(ckpt, dict) or not {"model_name", "model", "preprocess"} <= set(ckpt):
         raise ValueError(f"{path}: not a ferlab checkpoint (needs model_name, model, preprocess)")
-    try:
-        check_preprocess(ckpt["preprocess"])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    check_preprocess(ckpt["preprocess"], str(path))
     return ckpt
 
 

@@ -191,7 +191,9 @@ def load_fer2013_csv(path: str | Path, cache: bool = True) -> FaceData:
         raise DataError(f"{path}: file not found")
     if not cache:
         return _parse_csv(path)
-    return _cached(_fingerprint([path]), str(path), lambda: _parse_csv(path))
+    # "usage2": arrays cached before rows were checked one by one (a blank Usage among others)
+    # are parsed again
+    return _cached("usage2|" + _fingerprint([path]), str(path), lambda: _parse_csv(path))
 
 
 # ---------------------------------------------------------------- image folders

@@ -125,7 +125,9 @@ def build_ensemble(
         raise ValueError(f"{data}: the members were trained on different splits {sorted(splits)}")
     mode, seed, ignore = splits.pop()
     part = load_split(data, split, mode, seed, ignore)
-    config = {"data": data, "split": mode, "seed": seed, "ignore_unknown": ignore}
+    # resolved: evaluating the manifest from another directory must find the same split
+    config = {"data": str(Path(data).resolve()), "split": mode, "seed": seed}
+    config["ignore_unknown"] = ignore
     ens = Ensemble(members, tta=tta, meta={"config": config})
     probs = ens.fit(part.images, part.labels)
     accuracy = {

@@ -340,10 +340,7 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
     missing = [k for k in REQUIRED if k not in info]
     if missing:
         raise ValueError(f"{meta}: not a ferlab export (lacks {', '.join(missing)})")
-    try:
-        check_preprocess(info["preprocess"])
-    except ValueError as e:
-        raise ValueError(f"{meta}: {e}") from None
+    check_preprocess(info["preprocess"], str(meta))
     digest = hashlib.sha256(blob).hexdigest()
     if info.get("sha256", digest) != digest:  # exports before the hash was written have none
         raise ValueError(

@@ -175,6 +175,10 @@ def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]
     # seeded for it: rank 0's would give it rank 0's dropout masks.
     if rank < len(ranks):  # each rank continues its own dropout stream, on its own device
         torch.set_rng_state(ranks[rank]["torch"])
-        if ranks[rank].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(ranks[rank]["cuda"])
+        cuda = ranks[rank].get("cuda")
+        if isinstance(cuda, list):  # checkpoints before session 12: every GPU's, or [] on CPU
+            if cuda and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda)
+        elif cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
     return ckpt["state"]

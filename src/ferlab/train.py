@@ -168,8 +168,6 @@ def _fit(
     device: torch.device,
     d: distributed.Dist,
 ) -> None:
-    if cfg.monitor not in ("val_loss", "val_acc"):
-        raise ValueError(f"unknown monitor {cfg.monitor!r}; expected val_loss or val_acc")
     torch.manual_seed(cfg.seed)
     data = load_splits(cfg)
     if cfg.teacher:

@@ -31,18 +31,26 @@ def preprocess_spec(normalize: str, images: torch.Tensor | None = None) -> dict:
     return {"size": 48, "channels": 1, "normalize": normalize, "mean": mean, "std": std}
 
 
-def check_preprocess(spec: dict) -> dict:
-    """A model's stored preprocessing, refused if it names an unknown normalisation or a
-    standardisation that cannot be applied (a typo would otherwise run as minmax)."""
+def check_preprocess(spec: dict, where: str = "") -> dict:
+    """A model's stored preprocessing, refused (naming ``where``, its file) if it names an
+    unknown normalisation or a standardisation that cannot be applied: a typo would otherwise
+    run as minmax."""
+    prefix = f"{where}: " if where else ""
     if not isinstance(spec, dict) or spec.get("normalize") not in NORMALIZATIONS:
         got = spec.get("normalize") if isinstance(spec, dict) else spec
-        raise ValueError(f"preprocess normalize: expected one of {NORMALIZATIONS}, got {got!r}")
+        raise ValueError(
+            f"{prefix}preprocess normalize: expected one of {NORMALIZATIONS}, got {got!r}"
+        )
     if spec["normalize"] == "standardize":
-        mean, std = spec.get("mean"), spec.get("std")
-        numbers = all(isinstance(v, int | float) and math.isfinite(v) for v in (mean, std))
-        if not numbers or std <= 0:  # type: ignore[operator]
+        mean, std = spec.get("mean", math.nan), spec.get("std", math.nan)
+        try:  # numpy and tensor scalars are numbers too
+            ok = math.isfinite(float(mean)) and math.isfinite(float(std)) and float(std) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise ValueError(
-                f"preprocess standardize: needs a finite mean and std > 0, got {mean!r}, {std!r}"
+                f"{prefix}preprocess standardize: needs a finite mean and std > 0, "
+                f"got {mean!r}, {std!r}"
             )
     return spec
 

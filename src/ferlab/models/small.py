@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -89,9 +91,11 @@ class BasicBlock(nn.Module):
 def _per_stage(name: str, value: int | tuple[int, ...], stages: int) -> tuple[int, ...]:
     """A count per stage (one whole number >= 1 for all, or one each), else one line."""
     counts = tuple(value) if isinstance(value, list | tuple) else (value,) * stages
-    if len(counts) != stages or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts
-    ):
+    try:  # numpy integers are whole numbers too; bools and floats are not
+        counts = tuple(operator.index(n) for n in counts if not isinstance(n, bool))
+    except TypeError:
+        counts = ()
+    if len(counts) != stages or min(counts, default=0) < 1:
         raise ValueError(
             f"{name} {value!r}: expected a whole number >= 1, or one per stage ({stages})"
         )

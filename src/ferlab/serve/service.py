@@ -73,7 +73,7 @@ def body_bytes(images: int, max_bytes: int) -> int:
 # each numeric setting's test (NaN fails all) and what the error says it expects
 _LIMITS = {
     "batch_wait_ms": at_least(0),
-    "max_batch": at_least(1),
+    "max_batch": ((lambda v: v >= 1 and float(v).is_integer()), "a whole number at least 1"),
     "max_upload_mb": POSITIVE,
     "max_pixels": at_least(1),
     "max_images": at_least(1),
@@ -154,7 +154,7 @@ class Service:
         )
         self.timeout_s = timeout_s
         self.metrics = Metrics()
-        self.batcher = MicroBatcher(self._classify, batch_wait_ms, max_batch, self._on_batch)
+        self.batcher = MicroBatcher(self._classify, batch_wait_ms, int(max_batch), self._on_batch)
         self.pool = ThreadPoolExecutor(detect_threads, thread_name_prefix="ferlab-detect")
         self._local = threading.local()  # detectors per thread: OpenCV's cascade is not reentrant
 
