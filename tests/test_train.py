@@ -192,14 +192,17 @@ def test_config_variants_train(tiny_csv, tmp_path, overrides):
 
 
 def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
+    # a TrainConfig built in Python, not read from a file, is checked as strictly
     for key, value, message in [
-        ("optimizer", "rmsprop", "expected adam, adamw or sgd"),
-        ("scheduler", "step", "expected plateau, cosine"),
-        ("loss", "hinge", "expected 'ce' or 'focal'"),
-        ("monitor", "f1", "expected val_loss or val_acc"),
+        ("optimizer", "rmsprop", "config optimizer: expected one of adam, adamw, sgd"),
+        ("scheduler", "step", "config scheduler: expected one of plateau, cosine"),
+        ("loss", "hinge", "config loss: expected one of ce, focal"),
+        ("monitor", "f1", "config monitor: expected one of val_loss, val_acc"),  # ran as val_acc
+        ("epochs", 0, "config epochs: expected a value at least 1"),
     ]:
         with pytest.raises(ValueError, match=message):
-            train(_cfg(tiny_csv, tmp_path, name=key, epochs=1, **{key: value}))
+            train(_cfg(tiny_csv, tmp_path, name=key, **{"epochs": 1, key: value}))
+        assert not (tmp_path / "runs" / key).exists()  # refused before the run directory
 
 
 def test_config_yaml_and_overrides(tmp_path):

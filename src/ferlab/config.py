@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -230,8 +231,8 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
                 raise ConfigError(key, f"expected a whole number, got {value!r}")
             return int(number)
         return number
-    if kind is str and isinstance(value, int | float):
-        return str(value)  # a run named 2024
+    if kind is str and isinstance(value, int | float | os.PathLike):
+        return str(value)  # a run named 2024, or data given as a Path
     expected = {tuple: list | tuple, list: list | tuple}.get(kind, kind)
     if not isinstance(value, expected):
         raise ConfigError(key, f"expected {kind.__name__}, got {value!r}")
