@@ -125,7 +125,7 @@ def test_mixing_changes_training_only_when_on(tiny_csv, tmp_path):
     off = train(_cfg(tiny_csv, tmp_path, name="off", epochs=1, batch_size=16, mixup=1, mix_prob=0))
     on = train(_cfg(tiny_csv, tmp_path, name="on", epochs=1, batch_size=16, cutmix=1.0))
     assert _rows(off) == _rows(plain) and _rows(on) != _rows(plain)
-    with pytest.raises(ValueError, match="mix_prob is a probability"):
+    with pytest.raises(ValueError, match=r"config mix_prob: expected a value in \[0, 1\]"):
         train(_cfg(tiny_csv, tmp_path, name="bad", epochs=1, mixup=0.2, mix_prob=2.0))
 
 
