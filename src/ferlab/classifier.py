@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from .checkpoint import build_model, load_checkpoint
+from .config import as_whole
 from .data import EMOTIONS
 from .evaluate import predict_logits
 from .transforms import check_preprocess, check_tta
@@ -27,11 +27,8 @@ def check_faces(faces: np.ndarray) -> np.ndarray:
 
 def check_batch(batch_size: int) -> int:
     """``batch_size`` as an int >= 1 (numpy integers too), else ValueError."""
-    try:
-        n = operator.index(batch_size) if not isinstance(batch_size, bool) else 0
-    except TypeError:
-        n = 0
-    if n < 1:
+    n = as_whole(batch_size)
+    if n is None or n < 1:
         raise ValueError(f"batch_size must be a whole number at least 1, got {batch_size!r}")
     return n
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import types
 import typing
@@ -122,6 +123,16 @@ def _within(low: float, high: float, open_high: bool = False) -> tuple[Any, str]
     if open_high:
         return (lambda v: low <= v < high), f"in [{low:g}, {high:g})"
     return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+
+
+def as_whole(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number (numpy integers too; not bools or floats)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 POSITIVE = ((lambda v: v > 0), "above 0")

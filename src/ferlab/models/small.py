@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import nn
 
+from ..config import as_whole
 from . import register_model
 
 
@@ -90,16 +89,12 @@ class BasicBlock(nn.Module):
 
 def _per_stage(name: str, value: int | tuple[int, ...], stages: int) -> tuple[int, ...]:
     """A count per stage (one whole number >= 1 for all, or one each), else one line."""
-    counts = tuple(value) if isinstance(value, list | tuple) else (value,) * stages
-    try:  # numpy integers are whole numbers too; bools and floats are not
-        counts = tuple(operator.index(n) for n in counts if not isinstance(n, bool))
-    except TypeError:
-        counts = ()
-    if len(counts) != stages or min(counts, default=0) < 1:
+    counts = [as_whole(n) for n in (value if isinstance(value, list | tuple) else [value] * stages)]
+    if len(counts) != stages or any(n is None or n < 1 for n in counts):
         raise ValueError(
             f"{name} {value!r}: expected a whole number >= 1, or one per stage ({stages})"
         )
-    return counts
+    return tuple(counts)  # type: ignore[arg-type]
 
 
 class ResNet(nn.Module):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import POSITIVE, at_least
+from ..config import POSITIVE, as_whole, at_least
 from ..faces import FaceDetector, create_detector, crop_faces, crop_margin, list_detectors
 from ..media import MAX_PIXELS
 from ..predict import Face, Prediction, ProbaModel
@@ -73,7 +73,7 @@ def body_bytes(images: int, max_bytes: int) -> int:
 # each numeric setting's test (NaN fails all) and what the error says it expects
 _LIMITS = {
     "batch_wait_ms": at_least(0),
-    "max_batch": ((lambda v: v >= 1 and float(v).is_integer()), "a whole number at least 1"),
+    "max_batch": ((lambda v: (as_whole(v) or 0) >= 1), "a whole number at least 1"),
     "max_upload_mb": POSITIVE,
     "max_pixels": at_least(1),
     "max_images": at_least(1),
