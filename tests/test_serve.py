@@ -367,10 +367,14 @@ def test_a_request_of_more_faces_than_max_batch_runs_in_passes_of_max_batch(tiny
     try:
         with TestClient(create_app(tiny_model, max_batch=2)) as c:
             body = c.post("/v1/predict/batch", json={"images": images, "no_detect": True}).json()
+            text = c.get("/metrics").text
     finally:
         hook.remove()
     assert [len(r["faces"]) for r in body] == [1] * 5
     assert sizes == [2, 2, 1]
+    # the batch-size histogram counts the passes, as the model ran them
+    assert metric(text, "ferlab_batch_size_count") == 3
+    assert metric(text, "ferlab_batch_size_bucket", le="1") == 1
 
 
 def test_micro_batcher_passes_model_errors_to_every_request():

@@ -39,7 +39,7 @@ class MicroBatcher:
         wait_ms: how long a batch waits for company; 0 calls the model once per request.
         max_batch: faces per batch, at most: a request that would overfill the open batch
             starts the next one (a single larger request goes alone; ``predict`` splits it).
-        on_batch: called with the number of faces of every model call (for metrics).
+        on_batch: called with the number of faces of every model pass (for metrics).
     """
 
     def __init__(
@@ -88,8 +88,9 @@ class MicroBatcher:
         return await future
 
     def _submit(self, crops: np.ndarray) -> Future:
-        if self.on_batch is not None:
-            self.on_batch(len(crops))
+        if self.on_batch is not None:  # a call of more than max_batch faces runs in passes
+            for start in range(0, len(crops), self.max_batch):
+                self.on_batch(min(self.max_batch, len(crops) - start))
         self._running = self._executor.submit(self.predict, crops)
         return self._running
 

@@ -67,7 +67,7 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.batches = Histogram(
-            "ferlab_batch_size", "Faces classified per model call.", BATCH_BUCKETS
+            "ferlab_batch_size", "Faces classified per model pass.", BATCH_BUCKETS
         )
 
     def observe_request(
