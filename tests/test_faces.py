@@ -13,10 +13,12 @@ from ferlab.faces import (
     MARGIN,
     DlibDetector,
     HaarDetector,
+    clip_box,
     create_detector,
     crop_face,
     crop_faces,
     crop_margin,
+    find_faces,
     list_detectors,
 )
 
@@ -116,21 +118,28 @@ def test_large_image_boxes_scaled_back(astronaut, name):
     assert max(iou(b, tuple(2 * v for v in FACE)) for b in boxes) > 0.6, boxes
 
 
-def test_boxes_clipped_to_image(astronaut):
+def test_boxes_reach_past_the_edge_and_reports_clip_them(astronaut):
     from ferlab.faces import _finish
 
     assert _finish([(-10.4, -5, 50, 60), (90, 90, 40, 40), (-9, 0, 5, 5)], (100, 100)) == [
-        (0, 0, 40, 55),
-        (90, 90, 10, 10),
-    ]  # cut at the edges; a box wholly outside is dropped
+        (-10, -5, 50, 60),
+        (90, 90, 40, 40),
+    ]  # kept as found; a box wholly outside is dropped
+    assert clip_box((-10, -5, 50, 60), (100, 100)) == (0, 0, 40, 55)
+    assert clip_box((90, 90, 40, 40), (100, 100, 3)) == (90, 90, 10, 10)
+    assert clip_box((-9, 0, 5, 5), (100, 100)) == (0, 0, 0, 0)
     # a real face cut by the left edge: dlib's box, enlarged to Haar's framing, reaches past
-    # x = 0 and must be clipped there (Haar only scans windows inside the image)
+    # x = 0. The crop is centred where the face is (clipping the box first had moved its
+    # centre 17 px right of the face's); reports get the part inside the image.
     pytest.importorskip("dlib", reason="needs ferlab[dlib]")
+    dlib = create_detector("dlib")
+    (whole,) = dlib.detect(astronaut)
     shifted = np.ascontiguousarray(astronaut[:, 200:])
-    boxes = create_detector("dlib").detect(shifted)
-    assert len(boxes) == 1 and boxes[0][0] == 0, boxes
-    x, y, w, h = boxes[0]
-    assert w > 50 and y >= 0 and x + w <= shifted.shape[1] and y + h <= shifted.shape[0]
+    (box,) = dlib.detect(shifted)
+    assert box[0] < 0 and abs(box[0] + box[2] / 2 + 200 - (whole[0] + whole[2] / 2)) < 6, box
+    boxes, crops = find_faces(dlib, shifted, MARGIN)
+    assert boxes == [clip_box(box, shifted.shape)] and boxes[0][0] == 0, boxes
+    np.testing.assert_array_equal(crops, crop_faces(shifted, [box]))
 
 
 def test_none_detector_takes_the_centre_square_as_folder_datasets_do(astronaut, tmp_path):

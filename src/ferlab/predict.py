@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .data import EMOTIONS, atomic_write_bytes
-from .faces import FaceDetector, create_detector, crop_faces, crop_margin
+from .faces import FaceDetector, create_detector, crop_margin, find_faces
 from .media import FILE_KINDS, VIDEO_SUFFIXES, as_rgb, iter_sources, read_rgb
 from .transforms import check_tta
 
@@ -204,8 +204,7 @@ class Predictor:
             boxes: list[Box] = []
             crops = np.zeros((0, 48, 48), np.uint8)
             if pred.error is None:
-                boxes = list(self.detector.detect(pred.image))
-                crops = crop_faces(pred.image, boxes, self.margin)
+                boxes, crops = find_faces(self.detector, pred.image, self.margin)
             pending.append((pred, boxes, crops))
             n_faces += len(boxes)
             held += pred.image.nbytes

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import POSITIVE, as_whole, at_least
-from ..faces import FaceDetector, create_detector, crop_faces, crop_margin, list_detectors
+from ..faces import FaceDetector, create_detector, crop_margin, find_faces, list_detectors
 from ..media import MAX_PIXELS
 from ..predict import Face, Prediction, ProbaModel
 from .batching import MicroBatcher
@@ -218,8 +218,7 @@ class Service:
         t0 = time.perf_counter()
         rgb = decode_image(data, self.max_bytes, self.max_pixels)
         t1 = time.perf_counter()
-        boxes = list(self._detector(detector).detect(rgb))
-        crops = crop_faces(rgb, boxes, crop_margin(detector))
+        boxes, crops = find_faces(self._detector(detector), rgb, crop_margin(detector))
         size = (rgb.shape[1], rgb.shape[0])
         return _Found(size, boxes, crops, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
 
