@@ -230,6 +230,34 @@ def test_folder_images_are_upright_and_16_bit_is_scaled_not_clipped(tmp_path):
     assert got[:20].mean() < 20 and got[28:].mean() > 235
 
 
+def test_a_badly_typed_exif_tag_does_not_stop_the_photo_being_turned_upright(tmp_path):
+    # Pillow's exif_transpose rewrites the EXIF and raised struct.error on a text value in a
+    # number tag (Pillow #8965): predict crashed and the server answered 500
+    import struct
+
+    from PIL import Image
+
+    from ferlab.data import read_image
+    from ferlab.media import read_rgb
+    from ferlab.serve.inputs import decode_image
+
+    def exif(*entries: bytes) -> bytes:  # big-endian TIFF header and one IFD
+        return b"Exif\0\0MM\0*" + struct.pack(">IH", 8, len(entries)) + b"".join(entries) + bytes(4)
+
+    turn = struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)  # orientation 6, a SHORT: as it should be
+    text = struct.pack(">HHI4s", 0x0119, 2, 4, b"Cam\0")  # MaxSampleValue as ASCII: bad
+    stored = np.zeros((24, 40), np.uint8)
+    stored[:, 20:] = 255  # stored: left black, right white; upright: top black, bottom white
+    for name, tags in (("good.jpg", [turn]), ("bad.jpg", [turn, text])):
+        Image.fromarray(stored).save(tmp_path / name, exif=exif(*tags), quality=95)
+        rgb = read_rgb(tmp_path / name).astype(int)
+        assert rgb.shape == (40, 24, 3), name  # portrait: turned
+        assert rgb[:16].mean() < 20 and rgb[24:].mean() > 235, name
+        served = decode_image((tmp_path / name).read_bytes(), 10**6, 10**6)
+        np.testing.assert_array_equal(served, rgb.astype(np.uint8))
+        assert read_image(tmp_path / name).shape == (48, 48)
+
+
 def test_every_decoder_refuses_postscript_whatever_the_file_is_called(tmp_path, monkeypatch):
     # Pillow identifies files by content and hands EPS to Ghostscript: an untrusted folder's
     # "photo.jpg" must never reach that plugin, in datasets, predict or the server

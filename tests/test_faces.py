@@ -118,6 +118,16 @@ def test_large_image_boxes_scaled_back(astronaut, name):
     assert max(iou(b, tuple(2 * v for v in FACE)) for b in boxes) > 0.6, boxes
 
 
+@pytest.mark.parametrize("name", ["haar", "dlib"])
+def test_a_strip_of_an_image_shrinks_to_at_least_one_pixel(name):
+    if name == "dlib":
+        pytest.importorskip("dlib", reason="needs ferlab[dlib]")
+    # shrunk by fx/fy, a 1x5000 strip's short side rounded to 0 and cv2.resize failed
+    detector = create_detector(name, max_side=640)
+    for shape in ((1, 5000, 3), (5000, 1, 3), (2, 5000)):
+        assert detector.detect(np.full(shape, 128, np.uint8)) == [], shape
+
+
 def test_boxes_reach_past_the_edge_and_reports_clip_them(astronaut):
     from ferlab.faces import _finish
 

@@ -93,6 +93,47 @@ def test_bad_files_are_reported_and_skipped(tiny_model, photo_dir):
     assert "notes.jpg: not a readable image" in bad[0].error and bad[0].faces == []
 
 
+def test_an_image_detection_refuses_fails_alone(tiny_model, tmp_path, astronaut, monkeypatch):
+    import ferlab.predict
+
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.jpg")
+    Image.fromarray(np.zeros((1, 5000, 3), np.uint8)).save(tmp_path / "strip.png")
+    Image.fromarray(np.zeros((5000, 1, 3), np.uint8)).save(tmp_path / "tall.png")
+    # the strip once crashed the run in cv2.resize; now it is an image without a face
+    preds = list(Predictor(tiny_model)(tmp_path))
+    assert [(len(p.faces), p.error) for p in preds] == [(1, None), (0, None), (0, None)]
+
+    # whatever else detection or cropping refuses fails that image alone, in one line
+    real = ferlab.predict.find_faces
+
+    def find_faces(detector, image, margin):
+        if image.shape[0] == 1:
+            cv2.resize(image, None, fx=1e-4, fy=1e-4)  # cv2.error, a message of two lines
+        if image.shape[1] == 1:
+            raise ValueError("box outside the image")
+        return real(detector, image, margin)
+
+    monkeypatch.setattr(ferlab.predict, "find_faces", find_faces)
+    preds = list(Predictor(tiny_model)([tmp_path, np.zeros((1, 9, 3), np.uint8)]))
+    assert len(preds[0].faces) == 1 and preds[0].error is None
+    errors = [p.error or "" for p in preds[1:]]
+    assert errors[0].startswith(f"{tmp_path / 'strip.png'}: face detection failed (OpenCV")
+    assert errors[1] == f"{tmp_path / 'tall.png'}: face detection failed (box outside the image)"
+    assert errors[2].startswith("array: face detection failed (") and preds[3].path is None
+    assert all("\n" not in e for e in errors) and all(p.faces == [] for p in preds[1:])
+
+
+def test_a_bad_header_error_names_the_file(tiny_model, photo_dir):
+    # Pillow raises ValueError on these headers: the message once lacked the file's name
+    (photo_dir / "maxval.pgm").write_bytes(b"P5\n1 1\n70000\n\x00\x00")
+    (photo_dir / "header.ppm").write_bytes(b"P6")
+    with pytest.raises(ValueError, match=r"maxval\.pgm: not a readable image \(maxval must"):
+        read_rgb(photo_dir / "maxval.pgm")
+    bad = {p.path: p.error for p in Predictor(tiny_model)(photo_dir) if p.error}
+    assert sorted(bad) == [str(photo_dir / "header.ppm"), str(photo_dir / "maxval.pgm")]
+    assert all(e.startswith(f"{path}: not a readable image (") for path, e in bad.items())
+
+
 def test_decompression_bomb_is_refused(tmp_path):
     path = tmp_path / "huge.png"
     Image.new("L", (8000, 6000)).save(path)  # 48 Mpx of zeros: a tiny file, a huge image
@@ -152,6 +193,23 @@ def test_outputs_written_under_out(tiny_model, tmp_path, photo_dir, astronaut):
     assert len(data) == 3 + 4 and data[0]["faces"][0]["box"] == list(records[0]["faces"][0]["box"])
     md = (tmp_path / "out" / "predictions.md").read_text()
     assert "- faces: 6" in md and "- without a face: 1" in md
+
+
+def test_a_box_the_height_of_the_image_keeps_its_label_and_bars_in_the_image():
+    from ferlab.annotate import COLORS, draw_faces
+
+    # every --no-detect 48x48 crop: the label fits neither above nor below the box, and was
+    # drawn below the image, out of sight
+    probs = np.full(7, 0.02, np.float32)
+    probs[EMOTIONS.index("happy")] = 0.88
+    out = draw_faces(np.full((48, 48, 3), 128, np.uint8), [Face((0, 0, 48, 48), probs)])
+    label = (out == COLORS["happy"]).all(axis=2)
+    # its background, inside the box at its top: the label colour, but for the black text
+    assert label[1, 1:47].all() and label[1:13, 1:47].mean() > 0.5
+    # the bars are drawn below the label, not over it: each starts with its dark track
+    track = (out == (40, 40, 40)).all(axis=2)
+    rows = np.flatnonzero(track.any(axis=1))
+    assert rows.size and rows.min() > np.flatnonzero(label[:, 1:47].all(axis=1)).max()
 
 
 def test_markdown_summary_counts():
@@ -222,6 +280,51 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
     r = run(str(photo_dir / "astronaut.jpg"), "--model", str(weights), "--runtime", "onnx")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)[0]["faces"]) == 1
+
+
+def test_cli_json_on_stdout_ends_with_a_newline(tmp_path, astronaut, tiny_model):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+    from ferlab.export import export_safetensors
+
+    weights, _ = export_safetensors(tiny_model, tmp_path / "tiny")
+    Image.fromarray(astronaut).save(tmp_path / "a.jpg")
+    args = ["predict", str(tmp_path / "a.jpg"), "--model", str(weights)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.endswith("]\n") and len(json.loads(r.stdout)) == 1  # as CSV and md end
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o"), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "o" / "predictions.json").read_text()
+    assert text.endswith("]\n") and len(json.loads(text)) == 1
+
+
+def test_cli_predict_twice_into_its_input_folder_reads_only_the_inputs(
+    tmp_path, astronaut, tiny_model
+):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+    from ferlab.export import export_safetensors
+
+    weights, _ = export_safetensors(tiny_model, tmp_path / "tiny")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut).save(photos / "X.jpg")
+    Image.fromarray(astronaut[:300, :300]).save(photos / "x.png")
+    write_video(photos / "clip.mp4", astronaut, n=3)
+    inputs = [str(photos / n) for n in ("X.jpg", "clip.mp4", "x.png")]
+    for _ in range(2):  # the second run once read the first's annotated images and video
+        r = CliRunner().invoke(
+            app, ["predict", str(photos), "--model", str(weights), "--out", str(photos / "res")]
+        )
+        assert r.exit_code == 0, r.output
+        records = json.loads((photos / "res" / "predictions.json").read_text())
+        assert sorted({d["path"] for d in records}) == inputs and len(records) == 2 + 3
+    # X.jpg and x.png: one file on a case-insensitive disk if both were annotated/x.jpg
+    annotated = sorted(p.name for p in (photos / "res" / "annotated").iterdir())
+    assert annotated == ["X.jpg", "x_2.jpg"]
 
 
 def test_cli_video_every_format(tmp_path, astronaut, tiny_model):

@@ -409,6 +409,11 @@ def test_not_an_image_or_corrupt(client, photos):
     assert "corrupt" in error(post(client, "cut.jpg", jpg[: len(jpg) // 2]), 422)
     png = photos["astronaut.png"]
     assert "corrupt" in error(post(client, "cut.png", png[: len(png) // 3]), 422)
+    # the format when known (Pillow calls a PGM "PPM"), else none: never "corrupt the image"
+    r = post(client, "bad.pgm", b"P5\n1 1\n70000\n\x00\x00")
+    assert error(r, 422) == "corrupt PGM image (maxval must be greater than 0 and less than 65536)"
+    r = post(client, "bad.bmp", b"BM" + bytes(60))
+    assert error(r, 422) == "corrupt image (Unsupported BMP header type (0))"
     assert "empty" in error(post(client, "empty.png", b""), 422)
     assert "base64" in error(client.post("/v1/predict", json={"image": "not base64!"}), 422)
     assert "no image" in error(client.post("/v1/predict", json={"picture": "x"}), 422)
@@ -422,6 +427,32 @@ def test_not_an_image_or_corrupt(client, photos):
     assert "unknown option ['top-k']" in error(r, 422)
     r = client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
     assert "not valid JSON" in error(r, 400)
+
+
+def test_an_image_detection_refuses_fails_alone_in_a_batch(client, photos, monkeypatch):
+    import cv2
+
+    from ferlab.serve import service
+
+    strip = encode(np.zeros((1, 5000, 3), np.uint8))
+    files = [("files", ("astronaut.png", photos["astronaut.png"])), ("files", ("strip.png", strip))]
+    # the strip once crashed cv2.resize: a 500 for the whole batch
+    body = client.post("/v1/predict/batch", files=files).json()
+    assert [(len(r["faces"]), r.get("error")) for r in body] == [(1, None), (0, None)]
+    real = service.find_faces
+
+    def find_faces(detector, image, margin):
+        if image.shape[0] == 1:
+            cv2.resize(image, None, fx=1e-4, fy=1e-4)  # cv2.error, a message of two lines
+        return real(detector, image, margin)
+
+    monkeypatch.setattr(service, "find_faces", find_faces)
+    body = client.post("/v1/predict/batch", files=files).json()
+    assert [r["path"] for r in body] == ["astronaut.png", "strip.png"]
+    assert len(body[0]["faces"]) == 1 and body[1]["status"] == 422
+    assert body[1]["error"].startswith("face detection failed on this image (OpenCV")
+    message = error(post(client, "strip.png", strip), 422)
+    assert message == body[1]["error"] and "\n" not in message
 
 
 def test_bad_options_and_unknown_paths_are_json(client, photos):

@@ -38,8 +38,15 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick)
         text = f"{face.label} {face.confidence:.0%}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        ty = y - 4 if y - th - 8 > 0 else y + bh + th + 4
-        cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + base - 2), color, -1)
+        inside = False
+        if y - th - 8 > 0:  # above the box
+            ty = y - 4
+        elif y + bh + th + base + 2 <= h:  # below it
+            ty = y + bh + th + 4
+        else:  # a box the image's height (every --no-detect crop): inside it, at its top
+            ty, inside = max(y, 0) + th + 4, True
+        label_end = ty + base - 2  # the label's bottom edge
+        cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, label_end), color, -1)
         cv2.putText(
             out,
             text,
@@ -50,20 +57,25 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
             thick,
             cv2.LINE_AA,
         )
-        _bars(
-            out,
-            face,
-            x + bw + 4 if x + bw + 4 + 110 * scale < w else max(0, x - 114 * scale),
-            y,
-            scale,
-        )
+        bars_x = x + bw + 4 if x + bw + 4 + 110 * scale < w else max(0, x - 114 * scale)
+        # the bars' rows start at the box's top, moved up to fit in the image, and below
+        # the label where they would cover it (a label inside the box, bars over the box)
+        bars_y = max(0, min(y, h - len(EMOTIONS) * _row(scale)))
+        if inside and bars_x < x + tw + 4:
+            bars_y = max(bars_y, label_end + 1)
+        _bars(out, face, bars_x, bars_y, scale)
     return out
+
+
+def _row(scale: float) -> int:
+    """The height of one probability bar."""
+    return max(8, round(14 * scale))
 
 
 def _bars(out: np.ndarray, face: Face, x0: float, y0: int, scale: float) -> None:
     import cv2
 
-    row = max(8, round(14 * scale))
+    row = _row(scale)
     width = round(60 * scale)
     fs = 0.35 * scale * 1.4
     for i, name in enumerate(EMOTIONS):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .faces import crop_centre
 
@@ -218,11 +218,37 @@ def open_image(source: str | Path | IO[bytes]) -> Image.Image:
     return Image.open(source, formats=IMAGE_FORMATS)
 
 
+# EXIF orientation -> the transpose that turns the stored pixels upright (as Pillow's
+# ImageOps.exif_transpose maps them); 1 and unknown values: as stored
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (0x0112) of ``im``; 1 (upright) when its EXIF is unreadable.
+    Not ``ImageOps.exif_transpose``: it also rewrites the EXIF and raises struct.error on a
+    badly typed tag (Pillow issue #8965), which would make a viewable photo unreadable."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # any parse error of untrusted metadata: the pixels are still fine
+        return 1
+    return value if isinstance(value, int) else 1
+
+
 def upright_8bit(im: Image.Image) -> Image.Image:
     """``im`` turned upright by its EXIF orientation, 16-bit and float images rescaled to
     8 bits: PIL's own ``convert("L")`` or ``("RGB")`` clips them, turning a 16-bit photo white.
     Every decoder (datasets, ``predict``, the server) goes through here."""
-    im = ImageOps.exif_transpose(im)
+    turn = _ORIENTATION.get(_orientation(im))
+    if turn is not None:
+        im = im.transpose(turn)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         x = np.asarray(im, dtype=np.float64).clip(0)
         peak = float(x.max()) if x.size else 0.0

@@ -94,7 +94,11 @@ def _shrink(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Shrink an image whose longer side exceeds ``max_side``; also return the scale used."""
     scale = min(1.0, max_side / max(gray.shape))
     if scale < 1.0:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        # an explicit size, each side at least 1: fx/fy round the short side of a strip
+        # (1x5000) to 0 pixels, and cv2.resize then fails
+        height, width = gray.shape[:2]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     return gray, scale
 
 

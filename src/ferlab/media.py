@@ -29,7 +29,8 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             return limited_rgb(im, max_pixels)
     except TooManyPixels as e:
         raise ValueError(f"{path}: {e} (decompression bomb?)") from None
-    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+    # ValueError too, as data.read_image: Pillow raises it on a bad header (PGM maxval 70000)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
@@ -61,15 +62,23 @@ def demo_image() -> np.ndarray:
     return data.astronaut()
 
 
-def iter_files(folder: Path) -> list[Path]:
-    """Images and videos under ``folder``, recursively, in sorted order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
+def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
+    """Images and videos under ``folder``, recursively, in sorted order, but none under
+    ``skip``: a run's output folder inside its input folder holds annotated images and
+    videos that a second run must not take for inputs. Unless ``skip`` is ``folder`` or
+    holds it: then it would skip every file the run was asked to read."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
+    if skip is None or folder.resolve().is_relative_to(skip.resolve()):
+        return files
+    skip = skip.resolve()
+    return [p for p in files if not p.resolve().is_relative_to(skip)]
 
 
-def iter_sources(source: Any) -> Iterator[np.ndarray | Path]:
+def iter_sources(source: Any, skip: Path | None = None) -> Iterator[np.ndarray | Path]:
     """Each array, file and empty folder of ``source`` (path, folder, array, or a list of
     these), folders expanded, a file given twice (``vids/ vids/a.mp4``) once: outputs are
-    named by path, so a second pass would append to the first's annotated video."""
+    named by path, so a second pass would append to the first's annotated video.
+    Folders are expanded without the files under ``skip`` (:func:`iter_files`)."""
     seen: set[Path] = set()
 
     def walk(item: Any) -> Iterator[np.ndarray | Path]:
@@ -77,7 +86,7 @@ def iter_sources(source: Any) -> Iterator[np.ndarray | Path]:
             yield item
         elif isinstance(item, str | Path):
             path = Path(item)
-            files = iter_files(path) if path.is_dir() else [path]
+            files = iter_files(path, skip) if path.is_dir() else [path]
             if not files:
                 yield path  # an empty folder: reported, not silently skipped
             for f in files:
@@ -93,11 +102,11 @@ def iter_sources(source: Any) -> Iterator[np.ndarray | Path]:
     return walk(source)
 
 
-def count_frames(source: Any, every: int = 1) -> int | None:
+def count_frames(source: Any, every: int = 1, skip: Path | None = None) -> int | None:
     """How many images or frames ``source`` yields (for progress bars); None if unknown."""
     total = 0
     try:
-        for item in iter_sources(source):
+        for item in iter_sources(source, skip):
             if isinstance(item, Path) and item.suffix.lower() in VIDEO_SUFFIXES:
                 import cv2
 

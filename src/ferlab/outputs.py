@@ -22,7 +22,8 @@ CSV_FIELDS = ["path", "frame", "time", "face", "x", "y", "w", "h", "label", "con
 
 
 def to_json(records: Sequence[dict[str, Any]]) -> str:
-    return json.dumps(list(records), indent=2)
+    # a final newline, as CSV and Markdown end: stdout and the file are whole lines
+    return json.dumps(list(records), indent=2) + "\n"
 
 
 def to_csv(records: Sequence[dict[str, Any]]) -> str:
@@ -151,9 +152,11 @@ class OutputNames:
             return self.given[path]
         stem = Path(path).stem if path else "array"
         name, k = stem, 2
-        while name in self.taken:
+        # casefolded: on a case-insensitive disk (macOS, Windows) X.jpg and x.png would both
+        # write annotated/x.jpg
+        while name.casefold() in self.taken:
             name, k = f"{stem}_{k}", k + 1
-        self.taken.add(name)
+        self.taken.add(name.casefold())
         if path:
             self.given[path] = name
         return name

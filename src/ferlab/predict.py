@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -98,9 +99,9 @@ class Prediction:
         return path
 
 
-def _frames(source: Any, every: int) -> Iterator[Prediction]:
+def _frames(source: Any, every: int, skip: Path | None = None) -> Iterator[Prediction]:
     """Yield empty Predictions (image, path, frame, time) for every image or frame."""
-    for item in iter_sources(source):
+    for item in iter_sources(source, skip):
         if isinstance(item, np.ndarray):
             yield Prediction(None, None, as_rgb(item))
         elif item.is_dir():  # a wrong folder must not pass for a run that found no faces
@@ -141,6 +142,17 @@ def _video_frames(path: Path, every: int) -> Iterator[Prediction]:
         cap.release()
     if index == 0:
         yield Prediction.failed(path, f"{path}: no frames could be decoded")
+
+
+def _undetectable(pred: Prediction, error: Exception) -> Prediction:
+    """The failed record of an image or frame that detection or cropping refused: like an
+    unreadable file, it fails alone and the run keeps every other result."""
+    where = pred.path or "array"
+    if pred.frame is not None:
+        where += f" frame {pred.frame}"
+    message = " ".join(str(error).split())  # cv2.error spans several lines; errors are one
+    empty = np.zeros((0, 0, 3), np.uint8)
+    return replace(pred, image=empty, error=f"{where}: face detection failed ({message})")
 
 
 def iou(a: Box, b: Box) -> float:
@@ -185,26 +197,34 @@ class Predictor:
         self.tta = tta
         self.margin = crop_margin(self.detector.name)
 
-    def __call__(self, source: Any, every: int = 1, smooth: float = 0.0) -> Iterator[Prediction]:
+    def __call__(
+        self, source: Any, every: int = 1, smooth: float = 0.0, skip: str | Path | None = None
+    ) -> Iterator[Prediction]:
         """Yield a Prediction per image or frame of ``source`` (path, folder, video, array,
         or a list of these). ``every``: keep every k-th video frame. ``smooth`` in [0, 1):
-        exponential smoothing of each face's probabilities across video frames.
+        exponential smoothing of each face's probabilities across video frames. ``skip``:
+        a folder (the run's output folder) whose files are left out of expanded folders.
         Bad arguments raise here, at the call, before any file is read."""
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if not 0 <= smooth < 1:
             raise ValueError(f"smooth must be in [0, 1), got {smooth}")
-        return self._run(source, every, smooth)
+        return self._run(source, every, smooth, None if skip is None else Path(skip))
 
-    def _run(self, source: Any, every: int, smooth: float) -> Iterator[Prediction]:
+    def _run(
+        self, source: Any, every: int, smooth: float, skip: Path | None = None
+    ) -> Iterator[Prediction]:
         pending: list[tuple[Prediction, list[Box], np.ndarray]] = []
         n_faces = held = 0
         previous: dict[str, list[Face]] = {}
-        for pred in _frames(source, every):
+        for pred in _frames(source, every, skip):
             boxes: list[Box] = []
             crops = np.zeros((0, 48, 48), np.uint8)
             if pred.error is None:
-                boxes, crops = find_faces(self.detector, pred.image, self.margin)
+                try:
+                    boxes, crops = find_faces(self.detector, pred.image, self.margin)
+                except (ValueError, cv2.error) as e:
+                    pred = _undetectable(pred, e)
             pending.append((pred, boxes, crops))
             n_faces += len(boxes)
             held += pred.image.nbytes

@@ -47,7 +47,10 @@ def predict(
 
     formats = parse_formats(format or ("json,csv,md" if out else "json"), out)
     predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
-    stream = _progress(predictor(sources, every=every, smooth=smooth), count_frames(sources, every))
+    # folders are read without the files under --out: the annotated images and videos of
+    # an earlier run into photos/res must not become inputs of `predict photos/ --out photos/res`
+    frames = predictor(sources, every=every, smooth=smooth, skip=out)
+    stream = _progress(frames, count_frames(sources, every, skip=out))
     if out is not None:
         records, files = write_predictions(stream, out, formats)
         err.print(f"wrote {len(files)} files under {out}")

@@ -61,18 +61,33 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise ApiError(413, f"image has too many pixels ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(422, f"corrupt {_kind(data)} image ({e})") from None
+        raise _corrupt(data, e) from None
     with im:
         try:
             return limited_rgb(im, max_pixels)
         except TooManyPixels as e:
             raise ApiError(413, str(e)) from None
         except (OSError, SyntaxError, ValueError) as e:
-            raise ApiError(422, f"corrupt {im.format} image ({e})") from None
+            raise _corrupt(data, e, im.format) from None
 
 
-def _kind(data: bytes) -> str:
-    return "JPEG" if data[:2] == b"\xff\xd8" else "PNG" if data[:4] == b"\x89PNG" else "the"
+# formats by their first two bytes; Pillow calls PBM, PGM and PPM all "PPM"
+_MAGIC = {
+    b"\xff\xd8": "JPEG",
+    b"\x89P": "PNG",
+    b"P1": "PBM",
+    b"P4": "PBM",
+    b"P2": "PGM",
+    b"P5": "PGM",
+    b"P3": "PPM",
+    b"P6": "PPM",
+}
+
+
+def _corrupt(data: bytes, error: Exception, fmt: str | None = None) -> ApiError:
+    """422 "corrupt PGM image (...)", or "corrupt image (...)" when the format is unknown."""
+    kind = _MAGIC.get(data[:2]) or fmt
+    return ApiError(422, f"corrupt {kind + ' ' if kind else ''}image ({error})")
 
 
 def decode_base64(text: Any) -> bytes:

@@ -88,7 +88,10 @@ function drawBoxes(ctx, faces, scale) {
     ctx.strokeRect(x, y, w, h);
     const tw = ctx.measureText(text).width + 8 * k;
     const th = fontSize + 6 * k;
-    const ty = y - th > 0 ? y - th : y + h;
+    // above the box, else below it, else inside it at its top: a box the canvas's height
+    // (every no_detect crop) would put the label off the canvas (as annotate.py draws it)
+    const below = y + h + th <= ctx.canvas.height;
+    const ty = y - th > 0 ? y - th : below ? y + h : Math.max(y, 0);
     ctx.fillRect(x - line / 2, ty, tw, th);
     ctx.fillStyle = "#000";
     ctx.fillText(text, x + 4 * k, ty + th - 2 * k);
