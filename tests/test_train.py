@@ -245,6 +245,14 @@ def test_config_yaml_and_overrides(tmp_path):
         ("split: strat", "config split: expected one of official, stratified, got 'strat'"),
         ("model: vgg16", "config model: expected one of .*vgg19.*, got 'vgg16'"),
         ("seed: -1", "config seed: expected a value at least 0, got -1"),
+        # each once passed the check and failed in build_parts, after the data (and a
+        # distillation teacher) had loaded; warm-up named no key there
+        ("{model: vggnet_s, frozen_blocks: 2}", "frozen_blocks: applies to model: vgg19 only"),
+        ("{model: vggnet_s, pretrained: x.pth}", "pretrained: applies to model: vgg19 only"),
+        ("model_kwargs: {hiden: 256}", "config model_kwargs: model 'vgg19': .*'hiden'"),
+        ("{model: vggnet_s, model_kwargs: {width: [8]}}", "model_kwargs: .*'width'"),
+        ("{model: vggnet_s, model_kwargs: {widths: [8, -1]}}", "config model_kwargs: .*"),
+        ("{scheduler: onecycle, warmup_epochs: 3, epochs: 2}", "config warmup_epochs: expected"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:

@@ -135,6 +135,7 @@ def as_whole(value: Any) -> int | None:
         return None
 
 
+RUNTIME_KEYS = ("threads", "device")  # may change on resume: they do not change the recipe
 POSITIVE = ((lambda v: v > 0), "above 0")
 _PROBABILITY = _within(0, 1)
 
@@ -209,6 +210,40 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError("focal_alpha", f"applies to loss: focal only, got loss: {cfg.loss}")
     if cfg.loss == "focal" and cfg.label_smoothing:
         raise ConfigError("label_smoothing", "applies to loss: ce only, got loss: focal")
+    if cfg.scheduler == "onecycle" and cfg.warmup_epochs >= max(1, cfg.epochs):
+        raise ConfigError(
+            "warmup_epochs",
+            f"expected fewer than epochs ({cfg.epochs}) warm-up epochs, got {cfg.warmup_epochs}",
+        )
+    for key in ("pretrained", "frozen_blocks"):
+        if getattr(cfg, key) and cfg.model != "vgg19":
+            raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")
+    _check_model_kwargs(cfg)
+
+
+def _check_model_kwargs(cfg: TrainConfig) -> None:
+    """A ``model_kwargs`` key the model does not take fails at startup, not after the data
+    and the teacher have loaded."""
+    import inspect
+
+    from .models import MODELS, create_model
+
+    kw = dict(cfg.model_kwargs)
+    if cfg.frozen_blocks:
+        kw["frozen_blocks"] = cfg.frozen_blocks
+    if not kw:
+        return
+    builder = MODELS[cfg.model]
+    try:
+        inspect.signature(builder).bind(**kw)
+    except TypeError as e:
+        raise ConfigError("model_kwargs", f"model {cfg.model!r}: {e}") from None
+    params = inspect.signature(builder).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):  # passed on: only building tells
+        try:
+            create_model(cfg.model, **kw)  # the small models build in milliseconds
+        except (ValueError, RuntimeError) as e:  # torch: "negative dimension"
+            raise ConfigError("model_kwargs", str(e)) from None
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import RUNTIME_KEYS, TrainConfig
 from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
@@ -118,9 +118,6 @@ def train_one_epoch(
 def _run_dir(cfg: TrainConfig) -> Path:
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(cfg.out) / name
-
-
-RUNTIME_KEYS = ("threads", "device")  # may change on resume: they do not change the recipe
 
 
 def train(
