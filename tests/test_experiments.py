@@ -84,6 +84,10 @@ def test_aggregation_matches_hand_computed_statistics(tmp_path):
     assert cmp["diff"] == pytest.approx(0.085) and cmp["p"] == pytest.approx(expected.p)
     md = (tmp_path / "report.md").read_text()
     assert "| new | 2 | 70.50% |" in md and "+8.50 pt" in md
+    # variance in the unit of its neighbours: (2 pt)² beside percentages, not "0.0004"
+    assert "| base | 3 | 62.00% | 2.00% | 4 pt² |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| f1 | Variance |"))
+    assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == "0.01"
     # the report's table layout: Max/Min/Std/Variance/Mean rows, labels 0..6 as columns
     row = next(line for line in md.splitlines() if line.startswith("| f1 | Mean |"))
     assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == "0.9000"
@@ -119,7 +123,13 @@ def test_trials_run_seed_major_with_per_variant_repeats(tmp_path):
     suite = write_suite(tmp_path, "x.csv", {"a": {}, "b": {"repeats": 1}, "c": {}}, repeats=3)
     order = [(t.variant, t.seed) for t in suite.trials()]
     assert order == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2), ("c", 2)]
-    assert [t.seed for t in suite.trials(repeats=2, variants=["b"])] == [0, 1]
+    # --repeats scales the suite down or up, but not past a variant's own cap
+    assert [t.seed for t in suite.trials(repeats=2, variants=["b"])] == [0]
+    assert [(t.variant, t.seed) for t in suite.trials(repeats=2, variants=["a", "b"])] == [
+        ("a", 0),
+        ("b", 0),
+        ("a", 1),
+    ]
 
 
 def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch, caplog):
@@ -161,6 +171,14 @@ def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch, ca
     suite.variants["sgd"] = {"optimizer": "sgd", "lr": 0.01}
     run_suite(suite)
     assert [re.sub(r".*/", "", c) for c in calls] == ["sgd", "sgd"]
+    # the suite's record: a report rebuilt from the folder alone compares against `base`
+    # (it took the alphabetically first variant, `adamw`) and leaves out the dropped variant
+    root = tmp_path / "exp" / "tiny"
+    assert json.loads((root / "suite.json").read_text())["variants"] == ["base", "adamw", "sgd"]
+    build_report(root)
+    md = (root / "report.md").read_text()
+    assert "Baseline for comparisons: `base`" in md and "broken" not in md
+    assert "- sgd: lr 0.01, optimizer 'sgd'" in md  # what each variant changes
 
 
 def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
@@ -272,10 +290,12 @@ def test_vgg19_report_suite_holds_the_reports_experiments():
 def test_report_lists_the_baseline_first_then_the_suite_order(tmp_path):
     for v in ("alpha", "mid", "zeta", "extra"):
         fake_result(tmp_path, v, 0, 0.5, 0.5)
-    build_report(tmp_path, baseline="zeta", order=["zeta", "mid", "alpha"])
-    md = (tmp_path / "report.md").read_text()
-    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
-    assert rows[:5] == ["variant", "zeta", "mid", "alpha", "extra"]  # the accuracy table
+    for order in (["zeta", "mid", "alpha"], ["mid", "zeta", "alpha"]):
+        build_report(tmp_path, baseline="zeta", order=order)
+        md = (tmp_path / "report.md").read_text()
+        rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
+        # the accuracy table: the baseline first, wherever the suite lists it
+        assert rows[:5] == ["variant", "zeta", "mid", "alpha", "extra"], order
     with pytest.raises(ValueError, match=r"baseline 'zteta': no such variant .*'mid'"):
         build_report(tmp_path, baseline="zteta")
 
@@ -335,6 +355,9 @@ def test_malformed_suites_fail_with_the_file_named(tmp_path):
         ("base: {repeats: 5}", "base: repeats is set for the suite or per variant"),
         # a misspelt choice in a variant fails when the suite loads, not when its trial runs
         ("variants: {a: {optimizer: adamm}}", "config optimizer: expected one of adam, adamw"),
+        # a variant names a folder: an int crashed, `a/b` ran in a/b/ and left the report
+        ("variants: {32: {}}", "variant 32: expected a name of letters, digits"),
+        ("variants: {a/b: {}}", "variant 'a/b': expected a name of letters, digits"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:
@@ -352,3 +375,51 @@ def test_a_trial_whose_report_split_is_empty_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="holds no faces"):
         run_trial(cfg, "test")
     assert sorted(p.name for p in (tmp_path / "runs" / "t").iterdir()) == ["error.json"]
+
+
+def test_report_refuses_runs_that_cannot_be_pooled_or_compared(tmp_path):
+    def with_config(variant, run, split="test", **cfg):
+        fake_result(tmp_path, variant, run, 0.5, 0.5)
+        path = tmp_path / variant / f"seed{run}" / "result.json"
+        r = json.loads(path.read_text())
+        path.write_text(json.dumps({**r, "split": split, "config": {"epochs": 10, **cfg}}))
+
+    # a smoke run's 2-epoch trial left beside the full ones must not enter their mean
+    with_config("base", 0, seed=0, threads=2)
+    with_config("base", 1, seed=1, threads=1)  # seed and threads are not the recipe
+    with_config("new", 0, lr=0.01)
+    build_report(tmp_path, baseline="base")
+    assert "- new: lr 0.01" in (tmp_path / "report.md").read_text()
+    with_config("base", 2, epochs=2)
+    with pytest.raises(
+        ValueError, match=r"base: .*seed0 and .*seed2 were trained with other epochs"
+    ):
+        build_report(tmp_path, baseline="base")
+    (tmp_path / "base" / "seed2" / "result.json").unlink()
+    with_config("other", 0, split="val")
+    with pytest.raises(ValueError, match=r"different splits \['test', 'val'\]"):
+        build_report(tmp_path, baseline="base")
+
+
+def test_a_broken_error_record_names_its_file(tmp_path):
+    fake_result(tmp_path, "a", 0, 0.5, 0.5)
+    broken = tmp_path / "b" / "seed0" / "error.json"
+    broken.parent.mkdir(parents=True)
+    for text in ("{", '{"traceback": ""}'):
+        broken.write_text(text)
+        with pytest.raises(ValueError, match=f"{broken}: not a trial error"):
+            build_report(tmp_path)
+
+
+def test_mean_curves_keep_the_epochs_of_runs_that_went_on(tmp_path):
+    from ferlab.plots import variant_curves_figure
+
+    def rows(n):
+        return [
+            dict(train_loss=1, val_loss=1, train_acc=0.5, val_acc=0.5 + e / 100) for e in range(n)
+        ]
+
+    fig = variant_curves_figure({"a": [rows(3), rows(5)]})
+    (line,) = fig.axes[3].get_lines()  # val acc; the shorter run stopped early
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5]
+    assert line.get_ydata()[-1] == pytest.approx(0.54)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, load_yaml_mapping
+from .config import RUNTIME_KEYS, TrainConfig, load_yaml_mapping
 from .data import atomic_write_bytes
+from .report import SUITE_FILE, read_json
 
 log = logging.getLogger(__name__)
 SUITE_KEYS = {
@@ -91,6 +93,9 @@ class Suite:
         for where, n in counts:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{where}: expected a whole number at least 1, got {n!r}")
+        for name in self.variants:  # a folder name, and the report's row
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"variant {name!r}: expected a name of letters, digits, _ . -")
         for where, values in [("base", self.base), *self.variants.items()]:
             fixed = sorted({"seed", "out", "name"} & set(values))
             if fixed:  # each trial sets them: seeds count from 0, runs go under the suite
@@ -120,10 +125,15 @@ class Suite:
         missing = sorted(set(chosen) - set(self.variants))
         if missing:
             raise ValueError(f"unknown variant(s) {missing}; suite has {list(self.variants)}")
-        n = {
-            v: repeats if repeats is not None else self.variants[v].get("repeats", self.repeats)
-            for v in chosen
-        }
+
+        def count(variant: str) -> int:
+            own = self.variants[variant].get("repeats")
+            if repeats is None:
+                return self.repeats if own is None else own
+            # --repeats scales the suite; a variant's own repeats (an expensive one's) caps it
+            return repeats if own is None else min(repeats, own)
+
+        n = {v: count(v) for v in chosen}
         # Seed-major: a suite stopped early has every variant once before any twice.
         return [
             Trial(v, seed, Path(self.out) / self.name / v / f"seed{seed}")
@@ -150,8 +160,6 @@ class Trial:
 
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """The recipe fields (runtime keys aside) on which a saved config differs from ``cfg``."""
-    from .train import RUNTIME_KEYS
-
     old = TrainConfig.from_dict(saved).to_dict()
     return sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and old[k] != v)
 
@@ -160,7 +168,7 @@ def _check_finished(suite: Suite, trial: Trial, cfg: TrainConfig) -> None:
     """A finished trial counts only if it trained what the suite asks for now, on the split
     it reports: a smoke run's 4-epoch trials must not be averaged into the full suite."""
     path = trial.run_dir / "result.json"
-    result = json.loads(path.read_text())
+    result = read_json(path, "a trial result", "metrics")
     try:
         changed = changed_settings(result.get("config", {}), cfg)
     except ValueError as e:
@@ -229,7 +237,8 @@ def run_suite(
     variants: Sequence[str] | None = None,
     **budget: Any,
 ) -> list[Trial]:
-    """Run the suite's unfinished trials; returns every trial (done, failed or skipped)."""
+    """Run the suite's unfinished trials; returns every trial (done, failed or skipped).
+    Writes ``suite.json`` beside them, so that ``ferlab report`` rebuilds the same report."""
     trials = suite.trials(repeats, variants)
     todo = []
     for t in trials:
@@ -238,6 +247,15 @@ def run_suite(
             _check_finished(suite, t, cfg)
         else:
             todo.append((cfg, t))
+    record = {
+        "name": suite.name,
+        "baseline": suite.baseline_name,
+        "variants": list(suite.variants),
+        "notes": suite.notes,
+    }
+    root = Path(suite.out) / suite.name
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / SUITE_FILE, json.dumps(record, indent=2).encode())
     log.info(
         "%s: %d trials, %d done, %d to run",
         suite.name,

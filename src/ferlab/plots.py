@@ -127,16 +127,18 @@ def timeline_figure(times: np.ndarray, probs: np.ndarray, title: str = "") -> Fi
 
 
 def _band(ax, curves: list[list[float]], label: str, k: int = 0) -> None:
-    n = min(len(c) for c in curves)
-    arr = np.array([c[:n] for c in curves])
+    # runs stopped early end their curve there: the band covers the runs still going
+    n = max(len(c) for c in curves)
+    arr = np.array([[*c, *[np.nan] * (n - len(c))] for c in curves], float)
     x = np.arange(1, n + 1)
     from matplotlib import colormaps
 
     # tab20 and a dash every other ten: a dozen variants stay distinguishable
     color = colormaps["tab20"](k % 20)
     style = "--" if (k // 10) % 2 else "-"
-    ax.plot(x, arr.mean(0), style, label=label, color=color, marker="." if n < 5 else None)
-    ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.15, color=color)
+    mean = np.nanmean(arr, 0)
+    ax.plot(x, mean, style, label=label, color=color, marker="." if n < 5 else None)
+    ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.15, color=color)
 
 
 def _epoch_axis(ax, log_if_wide: bool = False) -> None:

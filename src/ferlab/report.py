@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import RUNTIME_KEYS
 from .data import EMOTIONS
 from .history import read_history
 from .markdown_page import markdown_page
@@ -25,6 +26,8 @@ from .outputs import write_text
 from .stats import Summary, summarize, welch
 
 METRICS = ("precision", "recall", "f1")
+SUITE_FILE = "suite.json"  # what ``ferlab experiment`` ran: name, baseline, variants, notes
+NOT_RECIPE = {"seed", "out", "name", *RUNTIME_KEYS}
 
 
 @dataclass
@@ -41,16 +44,25 @@ class TrialResult:
         return [self.metrics["per_class"][c][metric] for c in EMOTIONS]
 
 
+def read_json(path: Path, what: str, *keys: str) -> dict[str, Any]:
+    """A JSON object with ``keys``, or one line naming the file."""
+    try:
+        r = json.loads(path.read_text())
+        for key in keys:
+            r[key]  # a KeyError here names what is missing
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not {what} ({type(e).__name__}: {e})") from None
+    return r
+
+
 def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
     """Finished trials (result.json) and failed ones (error.json) under ``root``."""
     root = Path(root)
     results, failures = [], []
     for path in sorted(root.rglob("result.json")):
-        try:
-            r = json.loads(path.read_text())
-            r["metrics"]["per_class"]  # a KeyError here names what is missing
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a trial result ({type(e).__name__}: {e})") from None
+        r = read_json(path, "a trial result", "metrics")
+        if not isinstance(r["metrics"], dict) or "per_class" not in r["metrics"]:
+            raise ValueError(f"{path}: not a trial result (no metrics.per_class)")
         variant = r.get("variant") or path.parent.parent.name
         results.append(
             TrialResult(
@@ -65,7 +77,7 @@ def collect(root: str | Path) -> tuple[list[TrialResult], list[dict[str, str]]]:
         )
     for path in sorted(root.rglob("error.json")):
         if not (path.parent / "result.json").is_file():
-            err = json.loads(path.read_text())
+            err = read_json(path, "a trial error", "error")
             failures.append({"run": str(path.parent.relative_to(root)), "error": err["error"]})
     return results, failures
 
@@ -83,6 +95,14 @@ def _fmt(v: float, pct: bool = False) -> str:
     return f"{v:.2%}" if pct else f"{v:.4f}"
 
 
+def _var(v: float, pct: bool = False) -> str:
+    """A variance in the square of its neighbours' unit (pt² beside percentages): at four
+    decimals of a fraction, a real spread printed as 0.0000."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v * 1e4:.3g} pt²" if pct else f"{v:.3g}"
+
+
 def stats_table(trials: list[TrialResult]) -> list[str]:
     """The report's table: rows Max/Min/Std/Variance/Mean per metric, columns labels 0..6."""
     head = "| metric | stat | " + " | ".join(f"{i} {e}" for i, e in enumerate(EMOTIONS)) + " |"
@@ -93,14 +113,15 @@ def stats_table(trials: list[TrialResult]) -> list[str]:
         ]
         for stat in ("max", "min", "std", "var", "mean"):
             name = {"std": "Std", "var": "Variance"}.get(stat, stat.capitalize())
-            cells = " | ".join(_fmt(getattr(s, stat)) for s in per_class)
+            fmt = _var if stat == "var" else _fmt
+            cells = " | ".join(fmt(getattr(s, stat)) for s in per_class)
             lines.append(f"| {metric} | {name} | {cells} |")
     return lines
 
 
 def accuracy_line(s: Summary) -> str:
     return (
-        f"| {s.n} | {_fmt(s.mean, True)} | {_fmt(s.std, True)} | {_fmt(s.var)} | "
+        f"| {s.n} | {_fmt(s.mean, True)} | {_fmt(s.std, True)} | {_var(s.var, True)} | "
         f"{_fmt(s.min, True)} | {_fmt(s.max, True)} | {_fmt(s.sem, True)} |"
     )
 
@@ -116,9 +137,16 @@ def build_report(
 ) -> list[Path]:
     """Write report.md, report.html, results.csv, results.json and plots/ for the trials
     under ``root``, into ``out`` (default: ``root``). ``only``: report these variants (a
-    suite's own), not others left under ``root`` by an earlier version of the suite."""
+    suite's own), not others left under ``root`` by an earlier version of the suite.
+    Settings not given come from ``root/suite.json`` where ``ferlab experiment`` wrote it,
+    so a rebuilt report compares against the same baseline."""
     root = Path(root)
     dest = Path(out) if out is not None else root
+    if (root / SUITE_FILE).is_file():
+        suite = read_json(root / SUITE_FILE, "a suite record", "name", "variants")
+        baseline, title = baseline or suite.get("baseline", ""), title or suite["name"]
+        notes, order = notes or suite.get("notes", ""), order or suite["variants"]
+        only = suite["variants"] if only is None else only
     results, failures = collect(root)
     if only is not None:
         results = [r for r in results if r.variant in only]
@@ -132,8 +160,9 @@ def build_report(
     # a baseline whose every trial failed: compare against the first that finished
     base = baseline if baseline in groups else next(iter(groups), "")
     # the baseline first, then the suite's own order where given, then the rest by name
-    rank = {v: i for i, v in enumerate([base, *(order or [])])}
+    rank = {v: i for i, v in enumerate(dict.fromkeys([base, *(order or [])]))}
     groups = dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+    _check_comparable(groups)
     figures = _figures(dest, groups, base)
     md = _markdown(groups, failures, base, title or root.name, notes, figures)
     files = [
@@ -143,6 +172,27 @@ def build_report(
         write_text(dest / "results.json", json.dumps(_json(groups, failures, base), indent=2)),
     ]
     return files + [dest / f for f in figures.values()]
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Recipe keys on which two trial configs differ (seed, paths and threads aside)."""
+    return sorted(k for k in (a.keys() | b.keys()) - NOT_RECIPE if a.get(k) != b.get(k))
+
+
+def _check_comparable(groups: dict[str, list[TrialResult]]) -> None:
+    """The runs of a variant must share one recipe, and all runs one report split: a smoke
+    run's 2-epoch trial pooled with full ones, or val compared with test, would mislead."""
+    for v, ts in groups.items():
+        for t in ts[1:]:
+            changed = _changed(ts[0].config, t.config)
+            if changed:
+                raise ValueError(
+                    f"{v}: {ts[0].run_dir} and {t.run_dir} were trained with other "
+                    f"{', '.join(changed)}; remove the runs that do not belong"
+                )
+    splits = sorted({t.split for ts in groups.values() for t in ts})
+    if len(splits) > 1:
+        raise ValueError(f"the runs were evaluated on different splits {splits}; not comparable")
 
 
 def _markdown(groups, failures, base, title, notes, figures) -> str:
@@ -172,6 +222,13 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
         ci = "-" if v == base or math.isnan(c.low) else f"[{c.low * 100:+.2f}, {c.high * 100:+.2f}]"
         p = "-" if v == base or math.isnan(c.p) else f"{c.p:.3g}"
         lines.append(f"| {v} |{accuracy_line(s)[1:-1]}| {_fmt(f1.mean)} | {vs} | {ci} | {p} |")
+    # from the trials' own configs: a budget flag given to some variants only shows here
+    base_cfg = groups[base][0].config
+    lines += ["", "What each variant changes from the baseline's recipe:", ""]
+    for v, ts in groups.items():
+        if v != base:
+            changes = [f"{k} {ts[0].config.get(k)!r}" for k in _changed(base_cfg, ts[0].config)]
+            lines.append(f"- {v}: {', '.join(changes) or 'nothing'}")
     for key in ("curves", "f1"):
         if key in figures:
             lines += ["", f"![{key}]({figures[key]})"]
@@ -327,5 +384,4 @@ def _figures(root: Path, groups: dict[str, list[TrialResult]], base: str) -> dic
 def _only_differs_in(trials: list[TrialResult], base: list[TrialResult], key: str) -> bool:
     """Is this variant the baseline's recipe with at most ``key`` changed?"""
     a, b = trials[0].config, base[0].config
-    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
-    return key in a and changed - {"seed", "out", "name"} <= {key}
+    return key in a and set(_changed(a, b)) <= {key}

@@ -255,7 +255,9 @@ def experiment(
     subset: Annotated[
         float | None, typer.Option(help="Budget: stratified training fraction")
     ] = None,
-    repeats: Annotated[int | None, typer.Option(help="Budget: seeds per variant")] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Budget: seeds per variant (capped by its own)")
+    ] = None,
     variants: Annotated[str | None, typer.Option(help="Only these variants (a,b,c)")] = None,
     backend: Annotated[str, typer.Option(help="local or ray")] = "local",
     workers: Annotated[int, typer.Option(help="Trials at once (CPU threads are divided)")] = 1,
