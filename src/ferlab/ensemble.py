@@ -112,14 +112,17 @@ class Ensemble:
 def build_ensemble(
     members: list[Any], data: str, split: str = "PublicTest", tta: str = "none"
 ) -> tuple[Ensemble, dict[str, Any]]:
-    """An ensemble calibrated on a held-out split (never the test split), and the split's
+    """An ensemble calibrated on the held-out validation split, and the split's
     accuracy of each member and of the ensemble. The split is the one the members were trained
     with (a stratified split of their data, say), recorded in the ensemble's ``config`` so
     that evaluating it later scores the same held-out faces."""
     from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split, split_for
 
-    if SPLIT_ALIASES.get(split, split) == "test":
-        raise ValueError(f"--split {split}: calibrate on held-out validation data, not the test")
+    if SPLIT_ALIASES.get(split, split) != "val":  # training faces would be overconfident
+        raise ValueError(
+            f"--split {split}: calibrate on the held-out validation split "
+            "(PublicTest, or val of a folder), not the training or test split"
+        )
     splits = {split_for(m, data) for m in members}
     if len(splits) > 1:  # one member's held-out faces would be another's training faces
         raise ValueError(f"{data}: the members were trained on different splits {sorted(splits)}")
