@@ -111,12 +111,6 @@ def test_markdown_numbers_match_csv(tmp_path):
     assert f"{mean_acc:.2%}" in md
     row = next(line for line in md.splitlines() if line.startswith("| f1 | Mean |"))
     assert row.split("|")[3 + EMOTIONS.index("happy")].strip() == f"{mean_f1:.4f}"
-    broken = tmp_path / "b" / "seed0" / "result.json"
-    broken.parent.mkdir(parents=True)
-    for text in ("{", '{"seed": 0}'):
-        broken.write_text(text)
-        with pytest.raises(ValueError, match=f"{broken}: not a trial result"):
-            build_report(tmp_path)
 
 
 def test_trials_run_seed_major_with_per_variant_repeats(tmp_path):
@@ -401,13 +395,20 @@ def test_report_refuses_runs_that_cannot_be_pooled_or_compared(tmp_path):
         build_report(tmp_path, baseline="base")
 
 
-def test_a_broken_error_record_names_its_file(tmp_path):
+@pytest.mark.parametrize(
+    "name, what, texts",
+    [
+        ("result.json", "a trial result", ["{", '{"seed": 0}', '{"metrics": {}}']),
+        ("error.json", "a trial error", ["{", '{"traceback": ""}']),  # once a bare JSON error
+    ],
+)
+def test_a_broken_trial_record_names_its_file(tmp_path, name, what, texts):
     fake_result(tmp_path, "a", 0, 0.5, 0.5)
-    broken = tmp_path / "b" / "seed0" / "error.json"
+    broken = tmp_path / "b" / "seed0" / name
     broken.parent.mkdir(parents=True)
-    for text in ("{", '{"traceback": ""}'):
+    for text in texts:
         broken.write_text(text)
-        with pytest.raises(ValueError, match=f"{broken}: not a trial error"):
+        with pytest.raises(ValueError, match=f"{broken}: not {what}"):
             build_report(tmp_path)
 
 
