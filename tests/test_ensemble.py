@@ -140,6 +140,8 @@ def test_cli_builds_an_ensemble_on_publictest_only(real_csv, tmp_path, monkeypat
         r = CliRunner().invoke(app, [*args, "--split", split])
         message = str(r.exception or r.output)
         assert r.exit_code != 0 and "not the training or test split" in message, split
+    r = CliRunner().invoke(app, [*args, "--split", "Validation"])  # a misspelt name
+    assert r.exit_code != 0 and "not the training" not in str(r.exception or r.output)
 
 
 def test_shipped_names_resolve_to_exports_ensembles_and_onnx(faces, tmp_path, monkeypatch):  # noqa: F811

@@ -352,6 +352,7 @@ def test_malformed_suites_fail_with_the_file_named(tmp_path):
         # a variant names a folder: an int crashed, `a/b` ran in a/b/ and left the report
         ("variants: {32: {}}", "variant 32: expected a name of letters, digits"),
         ("variants: {a/b: {}}", "variant 'a/b': expected a name of letters, digits"),
+        ("variants: {..: {}}", r"variant '\.\.': expected a name"),  # ran in the parent
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:
@@ -393,6 +394,23 @@ def test_report_refuses_runs_that_cannot_be_pooled_or_compared(tmp_path):
     with_config("other", 0, split="val")
     with pytest.raises(ValueError, match=r"different splits \['test', 'val'\]"):
         build_report(tmp_path, baseline="base")
+
+
+def test_a_suite_whose_every_trial_failed_still_reports_the_errors(tmp_path):
+    run = tmp_path / "a" / "seed0"
+    run.mkdir(parents=True)
+    (run / "error.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    build_report(tmp_path)  # once a KeyError, before the CLI printed the trials' errors
+    assert "| a/seed0 | RuntimeError: out of memory |" in (tmp_path / "report.md").read_text()
+
+
+def test_reports_fill_in_settings_an_older_version_did_not_save(tmp_path):
+    from ferlab.config import TrainConfig, recipe_changes
+
+    new = TrainConfig(seed=1, threads=2).to_dict()
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "mix_prob"}
+    assert recipe_changes(old, new) == []  # seed and threads aside; betas tuple == list
+    assert recipe_changes(old, {**new, "mix_prob": 0.5}) == ["mix_prob"]
 
 
 @pytest.mark.parametrize(

@@ -104,16 +104,16 @@ def test_an_image_detection_refuses_fails_alone(tiny_model, tmp_path, astronaut,
     assert [(len(p.faces), p.error) for p in preds] == [(1, None), (0, None), (0, None)]
 
     # whatever else detection or cropping refuses fails that image alone, in one line
-    real = ferlab.predict.find_faces
+    real = ferlab.faces.crop_faces
 
-    def find_faces(detector, image, margin):
+    def crop_faces(image, boxes, margin):
         if image.shape[0] == 1:
             cv2.resize(image, None, fx=1e-4, fy=1e-4)  # cv2.error, a message of two lines
         if image.shape[1] == 1:
             raise ValueError("box outside the image")
-        return real(detector, image, margin)
+        return real(image, boxes, margin)
 
-    monkeypatch.setattr(ferlab.predict, "find_faces", find_faces)
+    monkeypatch.setattr(ferlab.faces, "crop_faces", crop_faces)
     preds = list(Predictor(tiny_model)([tmp_path, np.zeros((1, 9, 3), np.uint8)]))
     assert len(preds[0].faces) == 1 and preds[0].error is None
     errors = [p.error or "" for p in preds[1:]]

@@ -432,25 +432,25 @@ def test_not_an_image_or_corrupt(client, photos):
 def test_an_image_detection_refuses_fails_alone_in_a_batch(client, photos, monkeypatch):
     import cv2
 
-    from ferlab.serve import service
+    from ferlab import faces
 
     strip = encode(np.zeros((1, 5000, 3), np.uint8))
     files = [("files", ("astronaut.png", photos["astronaut.png"])), ("files", ("strip.png", strip))]
     # the strip once crashed cv2.resize: a 500 for the whole batch
     body = client.post("/v1/predict/batch", files=files).json()
     assert [(len(r["faces"]), r.get("error")) for r in body] == [(1, None), (0, None)]
-    real = service.find_faces
+    real = faces.crop_faces
 
-    def find_faces(detector, image, margin):
+    def crop_faces(image, boxes, margin):
         if image.shape[0] == 1:
             cv2.resize(image, None, fx=1e-4, fy=1e-4)  # cv2.error, a message of two lines
-        return real(detector, image, margin)
+        return real(image, boxes, margin)
 
-    monkeypatch.setattr(service, "find_faces", find_faces)
+    monkeypatch.setattr(faces, "crop_faces", crop_faces)
     body = client.post("/v1/predict/batch", files=files).json()
     assert [r["path"] for r in body] == ["astronaut.png", "strip.png"]
     assert len(body[0]["faces"]) == 1 and body[1]["status"] == 422
-    assert body[1]["error"].startswith("face detection failed on this image (OpenCV")
+    assert body[1]["error"].startswith("face detection failed (OpenCV")
     message = error(post(client, "strip.png", strip), 422)
     assert message == body[1]["error"] and "\n" not in message
 

@@ -252,6 +252,7 @@ def test_config_yaml_and_overrides(tmp_path):
         ("model_kwargs: {hiden: 256}", "config model_kwargs: model 'vgg19': .*'hiden'"),
         ("{model: vggnet_s, model_kwargs: {width: [8]}}", "model_kwargs: .*'width'"),
         ("{model: vggnet_s, model_kwargs: {widths: [8, -1]}}", "config model_kwargs: .*"),
+        ("{model: vggnet_s, model_kwargs: {widths: 8}}", "config model_kwargs: .*"),
         ("{scheduler: onecycle, warmup_epochs: 3, epochs: 2}", "config warmup_epochs: expected"),
     ]:
         path.write_text(text + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
 import os
 import types
@@ -136,6 +137,7 @@ def as_whole(value: Any) -> int | None:
 
 
 RUNTIME_KEYS = ("threads", "device")  # may change on resume: they do not change the recipe
+NOT_RECIPE = {"seed", "out", "name", *RUNTIME_KEYS}
 POSITIVE = ((lambda v: v > 0), "above 0")
 _PROBABILITY = _within(0, 1)
 
@@ -242,8 +244,17 @@ def _check_model_kwargs(cfg: TrainConfig) -> None:
     if any(p.kind is p.VAR_KEYWORD for p in params):  # passed on: only building tells
         try:
             create_model(cfg.model, **kw)  # the small models build in milliseconds
-        except (ValueError, RuntimeError) as e:  # torch: "negative dimension"
+        except (ValueError, TypeError, RuntimeError) as e:  # widths: 8; torch: "negative dimension"
             raise ConfigError("model_kwargs", str(e)) from None
+
+
+def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The recipe keys on which two saved configs differ: seeds, paths and runtime keys
+    aside, and defaults filled in for keys an older ferlab did not write."""
+    defaults = TrainConfig().to_dict()
+    # through JSON, as result.json holds them: a tuple default and a saved list are equal
+    a, b = (json.loads(json.dumps({**defaults, **x})) for x in (a, b))
+    return sorted(k for k in (a.keys() | b.keys()) - NOT_RECIPE if a.get(k) != b.get(k))
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

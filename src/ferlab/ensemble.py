@@ -118,7 +118,9 @@ def build_ensemble(
     that evaluating it later scores the same held-out faces."""
     from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split, split_for
 
-    if SPLIT_ALIASES.get(split, split) != "val":  # training faces would be overconfident
+    # the training faces would be overconfident, the test faces no longer a test; a
+    # misspelt name is left to load_split, which lists the valid ones
+    if SPLIT_ALIASES.get(split, split) in ("train", "test"):
         raise ValueError(
             f"--split {split}: calibrate on the held-out validation split "
             "(PublicTest, or val of a folder), not the training or test split"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RUNTIME_KEYS, TrainConfig, load_yaml_mapping
+from .config import TrainConfig, load_yaml_mapping, recipe_changes
 from .data import atomic_write_bytes
 from .report import SUITE_FILE, read_json
 
@@ -94,7 +94,9 @@ class Suite:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{where}: expected a whole number at least 1, got {n!r}")
         for name in self.variants:  # a folder name, and the report's row
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            # not "." or "..": those run in the suite's folder or its parent
+            ok = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name)
+            if not ok or not name.strip("."):
                 raise ValueError(f"variant {name!r}: expected a name of letters, digits, _ . -")
         for where, values in [("base", self.base), *self.variants.items()]:
             fixed = sorted({"seed", "out", "name"} & set(values))
@@ -159,9 +161,9 @@ class Trial:
 
 
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """The recipe fields (runtime keys aside) on which a saved config differs from ``cfg``."""
-    old = TrainConfig.from_dict(saved).to_dict()
-    return sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and old[k] != v)
+    """The recipe fields on which a saved config (checked first) differs from ``cfg``."""
+    TrainConfig.from_dict(saved)  # an unknown key or bad value: one line, named by callers
+    return recipe_changes(saved, cfg.to_dict())
 
 
 def _check_finished(suite: Suite, trial: Trial, cfg: TrainConfig) -> None:

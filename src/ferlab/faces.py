@@ -335,7 +335,12 @@ def find_faces(
     detector: FaceDetector, image: np.ndarray, margin: float
 ) -> tuple[list[Box], np.ndarray]:
     """Detect and crop: the boxes clipped to the image (for reports and drawing) and the
-    crops, taken from the boxes as detected (:func:`crop_faces`)."""
-    boxes = list(detector.detect(image))
-    crops = crop_faces(image, boxes, margin)
+    crops, taken from the boxes as detected (:func:`crop_faces`). An image the detector or
+    OpenCV refuses raises one ValueError line."""
+    try:
+        boxes = list(detector.detect(image))
+        crops = crop_faces(image, boxes, margin)
+    except (ValueError, cv2.error) as e:
+        message = " ".join(str(e).split())  # cv2.error spans several lines
+        raise ValueError(f"face detection failed ({message})") from None
     return [clip_box(b, image.shape) for b in boxes], crops

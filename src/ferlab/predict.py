@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -150,9 +149,8 @@ def _undetectable(pred: Prediction, error: Exception) -> Prediction:
     where = pred.path or "array"
     if pred.frame is not None:
         where += f" frame {pred.frame}"
-    message = " ".join(str(error).split())  # cv2.error spans several lines; errors are one
     empty = np.zeros((0, 0, 3), np.uint8)
-    return replace(pred, image=empty, error=f"{where}: face detection failed ({message})")
+    return replace(pred, image=empty, error=f"{where}: {error}")
 
 
 def iou(a: Box, b: Box) -> float:
@@ -223,7 +221,7 @@ class Predictor:
             if pred.error is None:
                 try:
                     boxes, crops = find_faces(self.detector, pred.image, self.margin)
-                except (ValueError, cv2.error) as e:
+                except ValueError as e:
                     pred = _undetectable(pred, e)
             pending.append((pred, boxes, crops))
             n_faces += len(boxes)

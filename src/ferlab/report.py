@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RUNTIME_KEYS
+from .config import recipe_changes
 from .data import EMOTIONS
 from .history import read_history
 from .markdown_page import markdown_page
@@ -27,7 +27,6 @@ from .stats import Summary, summarize, welch
 
 METRICS = ("precision", "recall", "f1")
 SUITE_FILE = "suite.json"  # what ``ferlab experiment`` ran: name, baseline, variants, notes
-NOT_RECIPE = {"seed", "out", "name", *RUNTIME_KEYS}
 
 
 @dataclass
@@ -174,17 +173,12 @@ def build_report(
     return files + [dest / f for f in figures.values()]
 
 
-def _changed(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Recipe keys on which two trial configs differ (seed, paths and threads aside)."""
-    return sorted(k for k in (a.keys() | b.keys()) - NOT_RECIPE if a.get(k) != b.get(k))
-
-
 def _check_comparable(groups: dict[str, list[TrialResult]]) -> None:
     """The runs of a variant must share one recipe, and all runs one report split: a smoke
     run's 2-epoch trial pooled with full ones, or val compared with test, would mislead."""
     for v, ts in groups.items():
         for t in ts[1:]:
-            changed = _changed(ts[0].config, t.config)
+            changed = recipe_changes(ts[0].config, t.config)
             if changed:
                 raise ValueError(
                     f"{v}: {ts[0].run_dir} and {t.run_dir} were trained with other "
@@ -223,12 +217,14 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
         p = "-" if v == base or math.isnan(c.p) else f"{c.p:.3g}"
         lines.append(f"| {v} |{accuracy_line(s)[1:-1]}| {_fmt(f1.mean)} | {vs} | {ci} | {p} |")
     # from the trials' own configs: a budget flag given to some variants only shows here
-    base_cfg = groups[base][0].config
-    lines += ["", "What each variant changes from the baseline's recipe:", ""]
-    for v, ts in groups.items():
-        if v != base:
-            changes = [f"{k} {ts[0].config.get(k)!r}" for k in _changed(base_cfg, ts[0].config)]
-            lines.append(f"- {v}: {', '.join(changes) or 'nothing'}")
+    if len(groups) > 1:
+        base_cfg = groups[base][0].config
+        lines += ["", "What each variant changes from the baseline's recipe:", ""]
+        for v, ts in groups.items():
+            if v != base:
+                cfg = ts[0].config
+                changes = [f"{k} {cfg.get(k)!r}" for k in recipe_changes(base_cfg, cfg)]
+                lines.append(f"- {v}: {', '.join(changes) or 'nothing'}")
     for key in ("curves", "f1"):
         if key in figures:
             lines += ["", f"![{key}]({figures[key]})"]
@@ -384,4 +380,4 @@ def _figures(root: Path, groups: dict[str, list[TrialResult]], base: str) -> dic
 def _only_differs_in(trials: list[TrialResult], base: list[TrialResult], key: str) -> bool:
     """Is this variant the baseline's recipe with at most ``key`` changed?"""
     a, b = trials[0].config, base[0].config
-    return key in a and set(_changed(a, b)) <= {key}
+    return key in a and set(recipe_changes(a, b)) <= {key}

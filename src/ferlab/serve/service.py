@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..config import POSITIVE, as_whole, at_least
@@ -219,12 +218,11 @@ class Service:
         t0 = time.perf_counter()
         rgb = decode_image(data, self.max_bytes, self.max_pixels)
         t1 = time.perf_counter()
+        finder = self._detector(detector)
         try:
-            boxes, crops = find_faces(self._detector(detector), rgb, crop_margin(detector))
-        except (ValueError, cv2.error) as e:
-            # this image's failure, as an undecodable one is: not a 500 for the whole batch
-            message = " ".join(str(e).split())  # cv2.error spans several lines
-            raise ApiError(422, f"face detection failed on this image ({message})") from None
+            boxes, crops = find_faces(finder, rgb, crop_margin(detector))
+        except ValueError as e:  # this image's failure, not a 500 for the whole batch
+            raise ApiError(422, str(e)) from None
         size = (rgb.shape[1], rgb.shape[0])
         return _Found(size, boxes, crops, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
 
