@@ -235,12 +235,12 @@ def _check_model_kwargs(cfg: TrainConfig) -> None:
         kw["frozen_blocks"] = cfg.frozen_blocks
     if not kw:
         return
-    builder = MODELS[cfg.model]
+    signature = inspect.signature(MODELS[cfg.model])
     try:
-        inspect.signature(builder).bind(**kw)
+        signature.bind(**kw)
     except TypeError as e:
         raise ConfigError("model_kwargs", f"model {cfg.model!r}: {e}") from None
-    params = inspect.signature(builder).parameters.values()
+    params = signature.parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):  # passed on: only building tells
         try:
             create_model(cfg.model, **kw)  # the small models build in milliseconds

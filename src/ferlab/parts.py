@@ -42,9 +42,7 @@ def load_splits(cfg: TrainConfig, with_test: bool = False) -> dict[str, torch.Te
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     kw = dict(cfg.model_kwargs)
-    if cfg.pretrained or cfg.frozen_blocks:
-        if cfg.model != "vgg19":
-            raise ValueError(f"pretrained/frozen_blocks apply to vgg19, not {cfg.model!r}")
+    if cfg.pretrained or cfg.frozen_blocks:  # vgg19 only: checked with the config
         kw.update(pretrained=cfg.pretrained or None, frozen_blocks=cfg.frozen_blocks)
     return kw
 
