@@ -45,9 +45,8 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log(probs) / temperature), float32."""
-    from .onnx_model import log_softmax
-
-    return np.exp(log_softmax(np.log(np.clip(probs, 1e-12, 1.0)) / temperature)).astype(np.float32)
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0), dtype=np.float32))
+    return (logp / temperature).softmax(1).numpy()
 
 
 class Ensemble:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .data import EMOTIONS, atomic_write_bytes
 from .outputs import check_formats
-from .transforms import check_tta, to_input, tta_views
+from .transforms import check_tta, mean_log_probs, to_input, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ def predict_logits(
         if len(views) == 1:
             out.append(model(x).float().cpu())
             continue
-        logp = torch.stack([F.log_softmax(model(v).float(), 1) for v in views]).mean(0)
-        out.append(logp.cpu())
+        out.append(mean_log_probs([model(v) for v in views]).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, len(EMOTIONS))
 

@@ -9,13 +9,7 @@ import numpy as np
 import torch
 
 from .classifier import REQUIRED, TRAINING_KEYS, check_batch, check_faces
-from .transforms import check_tta, tta_views
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in NumPy (ONNX outputs, ensemble calibration)."""
-    x = x - x.max(1, keepdims=True)
-    return x - np.log(np.exp(x).sum(1, keepdims=True))
+from .transforms import check_tta, mean_log_probs, tta_views
 
 
 class OnnxClassifier:
@@ -72,10 +66,8 @@ class OnnxClassifier:
                 out[i : i + batch_size] = self._run(x, "probs")
                 continue
             views = tta_views(torch.from_numpy(x), tta)
-            logp = np.mean(
-                [log_softmax(self._run(v.contiguous().numpy(), "logits")) for v in views], 0
-            )
-            out[i : i + batch_size] = np.exp(log_softmax(logp))
+            logits = [torch.from_numpy(self._run(v.contiguous().numpy(), "logits")) for v in views]
+            out[i : i + batch_size] = mean_log_probs(logits).softmax(1).numpy()
         return out
 
     def predict(self, faces: np.ndarray, **kw) -> np.ndarray:

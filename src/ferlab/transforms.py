@@ -105,6 +105,11 @@ def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
     return views + [v.flip(-1) for v in views]
 
 
+def mean_log_probs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The mean over views of each view's float32 log-probabilities: what TTA returns."""
+    return torch.stack([F.log_softmax(z.float(), 1) for z in logits]).mean(0)
+
+
 @dataclass
 class Augment:
     """Random affine + erasing for a batch, parameters drawn from ``generator``.
