@@ -110,10 +110,35 @@ def browser(tmp_path_factory, astronaut):
         context.close()
 
 
-def open_page(browser, server):
+# wraps the page's fetch: counts its predict requests in window.predicts (a test may swap in
+# a fresh object; a request counts in the one it started with), and holds the reply to a
+# file named in window.slow for that many ms, as a slow server would
+SLOW_PREDICT = """
+window.predicts = { busy: 0, most: 0, done: 0 };
+window.slow = {};
+const realFetch = window.fetch;
+window.fetch = async (url, options) => {
+  if (!String(url).includes("v1/predict")) return realFetch(url, options);
+  const counts = window.predicts;
+  counts.most = Math.max(counts.most, ++counts.busy);
+  try {
+    const res = await realFetch(url, options);
+    await new Promise((r) => setTimeout(r, window.slow[options.body.get("file").name] || 0));
+    return res;
+  } finally {
+    counts.busy--;
+    counts.done++;
+  }
+};
+"""
+
+
+def open_page(browser, server, init: str | None = None):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    if init:
+        page.add_init_script(init)
     page.goto(server)
     page.wait_for_function("document.querySelector('#model-name').textContent.includes('vggnet_s')")
     return page, errors
@@ -176,6 +201,83 @@ def test_webcam_draws_live_boxes_chart_and_csv(browser, server, tmp_path):
     np.testing.assert_allclose(values[:, 1:].sum(1), 1, atol=2e-3)
     assert errors == []
     page.close()
+
+
+def test_webcam_restarted_mid_frame_runs_one_loop_on_a_fresh_timeline(browser, server):
+    page, errors = open_page(browser, server, init=SLOW_PREDICT)
+    page.evaluate("window.slow['frame.jpg'] = 1000")
+    page.click("#mode-webcam")
+    page.click("#webcam-start")
+    page.wait_for_function(
+        "Number(document.querySelector('#timeline-count').textContent) >= 2", timeout=30_000
+    )
+    page.wait_for_function("window.predicts.busy === 1")  # Stop, Start with a frame in flight
+    page.click("#webcam-stop")
+    page.evaluate("window.predicts = { busy: 0, most: 0, done: 0 }")
+    page.click("#webcam-start")
+    page.wait_for_function("window.predicts.done >= 4", timeout=30_000)
+    page.click("#webcam-stop")
+    # the first session's loop once carried on beside the new one: two frames in flight
+    assert page.evaluate("window.predicts.most") == 1
+    # its points stayed, and times restarted at 0: the chart and the CSV went back in time
+    with page.expect_download() as download:
+        page.click("#download-csv")
+    rows = list(csv.reader(Path(download.value.path()).read_text().splitlines()))
+    times = np.array([float(row[0]) for row in rows[1:]])
+    assert len(times) == int(page.inner_text("#timeline-count")) >= 2
+    assert times[0] < 2 and np.all(np.diff(times) > 0)
+    assert errors == []
+    page.close()
+
+
+def test_a_reply_to_an_earlier_photo_does_not_draw_over_a_later_one(
+    browser, server, astronaut, tmp_path
+):
+    from skimage import data
+
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.jpg", quality=92)
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.jpg", quality=92)
+    page, errors = open_page(browser, server, init=SLOW_PREDICT)
+    page.evaluate("window.slow['astronaut.jpg'] = 1500")  # her reply comes after the coffee's
+    page.set_input_files("#file", str(tmp_path / "astronaut.jpg"))
+    page.set_input_files("#file", str(tmp_path / "coffee.jpg"))
+    page.wait_for_function("window.predicts.done === 2", timeout=20_000)
+    page.wait_for_timeout(300)  # time to draw the late reply, had it been drawn
+    assert page.inner_text("#status").startswith("No face found in coffee.jpg")
+    assert page.locator("#photo-canvas").get_attribute("data-boxes") == "0"
+    assert page.locator("#faces li").count() == 0
+    assert errors == []
+    page.close()
+
+
+def test_a_model_that_failed_to_load_is_shown_not_polled_forever(browser, monkeypatch):
+    from ferlab.serve import service
+
+    release = threading.Event()
+
+    def failing_load(model, runtime):
+        release.wait(20)
+        raise ValueError("runs/x/best.pt: not a ferlab checkpoint")
+
+    monkeypatch.setattr(service, "load_for_serving", failing_load)
+    with serving(create_app("default")) as url:
+        page = browser.new_page()
+        asked: list[int] = []
+        page.on("response", lambda r: asked.append(r.status) if "v1/models" in r.url else None)
+        page.goto(url)
+        deadline = time.monotonic() + 10
+        while not asked and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert asked == [503]  # still loading: polled again in 2 s, no error shown
+        assert page.evaluate("document.body.dataset.state") == "idle"
+        release.set()
+        # failed: the page once polled forever and showed nothing
+        page.wait_for_selector("body[data-state=error]", timeout=10_000)
+        assert "the model failed to load: ValueError: runs/x/best.pt" in page.inner_text("#status")
+        polls = len(asked)
+        page.wait_for_timeout(2500)
+        assert len(asked) == polls
+        page.close()
 
 
 @contextlib.contextmanager

@@ -153,6 +153,15 @@ def test_missing_checkpoint_exits_2(tmp_path):
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
 
 
+def test_messages_and_help_keep_their_brackets(tmp_path):
+    # brackets in paths and pip extras are text, not Rich markup to be swallowed
+    missing = tmp_path / "[seed 1]" / "none.pt"
+    r = run_ferlab("evaluate", str(missing))
+    assert r.returncode == 2 and f"{missing}" in r.stderr
+    r = run_ferlab("export", "--help")
+    assert "[default: model]" in r.stdout
+
+
 def test_resume_refuses_recipe_flags(tmp_path):
     r = run_ferlab("train", "--resume", str(tmp_path / "run"), "--epochs", "40")
     assert r.returncode == 2 and "drop ['epochs']" in r.stderr

@@ -176,3 +176,23 @@ def test_ranks_share_the_teachers_work(tmp_path, tiny_model):
     for rank in (0, 1):  # every rank holds all 101 targets, in order
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(got, want)
+
+
+def _exit_in_rank_1():
+    d = distributed.init(torch.device("cpu"))
+    if d.rank == 1:
+        os._exit(137)  # as the OOM killer leaves it: no exception, no traceback
+    distributed.close(d)
+
+
+def test_a_rank_killed_outright_fails_as_one_line():
+    with pytest.raises(RuntimeError, match=r"^rank 1: process died \(exit code 137\)$"):
+        launch(_exit_in_rank_1, 2)
+
+
+def test_threads_per_worker_counts_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert [distributed.threads_per_worker(w) for w in (1, 2, 4)] == [3, 1, 1]
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert distributed.threads_per_worker(4) == 16

@@ -1,17 +1,20 @@
 import csv
 import json
+import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import save_image
+from ferlab import backends
 from ferlab.config import TrainConfig
 from ferlab.data import EMOTIONS
-from ferlab.experiments import Suite, run_suite, run_trial
+from ferlab.experiments import Suite, Trial, run_suite, run_trial
 from ferlab.report import build_report
 from ferlab.stats import summarize, welch
 
@@ -249,6 +252,45 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     assert (doc / "plots" / "curves.png").is_file() and "data:image/png;base64" in (
         doc / "report.html"
     ).read_text()
+
+
+def _trial_or_die(cfg, split, threads=0):
+    """Stands in for run_trial in the worker processes: `die` kills its process outright
+    while `slow` runs in the other one; `raise` fails the way run_trial does."""
+    run_dir = Path(cfg.out) / cfg.name
+    with open(run_dir / "starts.txt", "a") as f:
+        f.write("start\n")
+    if cfg.name == "die":
+        deadline = time.monotonic() + 120
+        while not (Path(cfg.out) / "slow" / "starts.txt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os._exit(3)
+    if cfg.name == "slow":
+        time.sleep(3)  # still running when `die` dies
+    if cfg.name == "raise":
+        (run_dir / "error.json").write_text(json.dumps({"error": "ValueError: bad"}))
+        raise ValueError("bad")
+    (run_dir / "result.json").write_text("{}")
+    return {}
+
+
+def test_a_trial_that_kills_its_worker_fails_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, "run_trial", _trial_or_die)
+    todo = []
+    for name in ["die", "slow", "raise", "a"]:
+        (tmp_path / name).mkdir()
+        todo.append((TrainConfig(out=str(tmp_path), name=name), Trial(name, 0, tmp_path / name)))
+    backends.run_local(todo, "test", workers=2)
+    starts = {t.variant: (t.run_dir / "starts.txt").read_text().count("start") for _, t in todo}
+    assert starts == {"die": 1, "slow": 1, "raise": 1, "a": 1}
+    assert [t.variant for _, t in todo if t.done] == ["slow", "a"]
+    errors = {
+        t.variant: json.loads((t.run_dir / "error.json").read_text())["error"]
+        for _, t in todo
+        if not t.done
+    }
+    # the dead trial's error is written for it; the raising one keeps its own
+    assert errors == {"die": "worker process died (exit code 3)", "raise": "ValueError: bad"}
 
 
 @pytest.mark.slow

@@ -401,6 +401,20 @@ def test_too_large_in_bytes_and_pixels(tiny_model, photos):
         assert "512x512 pixels" in error(post(c, "a.png", photos["astronaut.png"]), 413)
 
 
+def test_too_many_images_is_413_for_multipart_as_for_json(tiny_model, photos):
+    face = photos["face.png"]
+    with TestClient(create_app(tiny_model, max_images=2)) as c:
+        r = c.post("/v1/predict/batch", json={"images": [base64.b64encode(face).decode()] * 3})
+        assert error(r, 413) == "3 images, over the limit of 2"
+        # the multipart parser's own file limit once answered 400 "malformed multipart body"
+        r = c.post("/v1/predict/batch", files=[("files", (f"{i}.png", face)) for i in range(3)])
+        assert error(r, 413) == "3 images, over the limit of 2"
+        r = c.post("/v1/predict/batch", files=[("files", (f"{i}.png", face)) for i in range(9)])
+        assert error(r, 413) == "more than 3 images, over the limit of 2"
+        r = c.post("/v1/predict", files=[("file", (f"{i}.png", face)) for i in range(9)])
+        assert error(r, 413).endswith("over the limit of 1: use /v1/predict/batch for several")
+
+
 def test_not_an_image_or_corrupt(client, photos):
     assert "not a supported image" in error(post(client, "notes.txt", b"hello, world"), 415)
     r = client.post("/v1/predict", content=b"hello", headers={"content-type": "text/plain"})
@@ -619,6 +633,7 @@ def test_each_worker_process_takes_its_share_of_the_cores(monkeypatch):
     settings = {"workers": 2, "settings": {"model": "default", "detector": "none"}}
     monkeypatch.setenv(SETTINGS_ENV, json.dumps(settings))
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:
         app = app_from_env()

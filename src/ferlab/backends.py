@@ -1,16 +1,20 @@
 """Where experiment trials run: one after another, in worker processes, or on Ray.
 
 Every backend calls ``experiments.run_trial(cfg, split, threads)`` once per trial; a trial
-that raises is already recorded in its ``error.json`` and does not stop the others.
+that raises is already recorded in its ``error.json`` and does not stop the others. Neither
+does one that kills its worker process: the backend records that.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import signal
+import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable
 from typing import Any
 
 from .config import TrainConfig
@@ -49,41 +53,50 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
         _status(done, failed, 0, total, "finished", t0)
         return
     threads = threads_per_worker(workers)
-    # spawn, not fork: a forked process inherits torch's thread pool in an unsafe state
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker
-    ) as pool:
-        futures: dict[Any, Trial] = {
-            pool.submit(run_trial, cfg, split, threads): trial for cfg, trial in todo
-        }
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                trial = futures[f]
-                try:
-                    f.result()  # a killed worker raises BrokenProcessPool here
-                    done += 1
-                except Exception as e:
-                    failed += 1
-                    log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
-                    _record_crash(trial, e)
-                _status(
-                    done,
-                    failed,
-                    min(len(pending), workers),
-                    total,
-                    f"{trial.variant}/seed{trial.seed} finished",
-                    t0,
-                )
+    # one process per trial, not a pool: a trial that kills its process (os._exit, the OOM
+    # killer) then fails alone, where it would break a ProcessPoolExecutor and every trial
+    # in it. spawn, not fork: a forked process inherits torch's thread pool in an unsafe state
+    ctx = mp.get_context("spawn")
+    queue = list(todo)
+    running: dict[Any, tuple[Any, Trial]] = {}
+    while queue or running:
+        while queue and len(running) < workers:
+            cfg, trial = queue.pop(0)
+            p = ctx.Process(target=_trial_process, args=(run_trial, cfg, split, threads))
+            p.start()
+            running[p.sentinel] = (p, trial)
+        for sentinel in mp.connection.wait(list(running)):
+            p, trial = running.pop(sentinel)
+            p.join()
+            if p.exitcode == 0:
+                done += 1
+            else:
+                failed += 1
+                why = _record_crash(trial, f"worker process died ({_exit(p.exitcode)})")
+                log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, why)
+            finished = f"{trial.variant}/seed{trial.seed} finished"
+            _status(done, failed, len(running), total, finished, t0)
 
 
-def _init_worker() -> None:
-    """Workers log one line per epoch (prefixed by pid); no interleaved progress bars."""
+def _trial_process(run: Callable[..., Any], cfg: TrainConfig, split: str, threads: int) -> None:
+    """A worker: one line per epoch (prefixed by pid), no interleaved progress bars."""
     os.environ["FERLAB_PROGRESS"] = "0"
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s", datefmt="%H:%M:%S"
     )
+    try:
+        run(cfg, split, threads)
+    except Exception:
+        sys.exit(1)  # run_trial has written error.json; the exit code tells the parent
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def run_ray(
@@ -112,7 +125,7 @@ def run_ray(
             except Exception as e:  # RayTaskError or a dead worker
                 failed += 1
                 log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, e)
-                _record_crash(trial, e)
+                _record_crash(trial, f"{type(e).__name__}: {e}")
             finished = f"{trial.variant}/seed{trial.seed} finished"
             _status(done, failed, len(pending), total, finished, t0)
     finally:
@@ -120,12 +133,15 @@ def run_ray(
             ray.shutdown()
 
 
-def _record_crash(trial: Trial, error: BaseException) -> None:
-    """A worker killed outright never wrote error.json: write it for the report."""
+def _record_crash(trial: Trial, error: str) -> str:
+    """The trial's error: from its error.json, or ``error``, written there if the trial died
+    before it could write one (killed outright), so the report lists it."""
     import json
 
     from .data import atomic_write_bytes
 
-    if not (trial.run_dir / "error.json").is_file():
-        payload = {"error": f"{type(error).__name__}: {error}", "traceback": ""}
-        atomic_write_bytes(trial.run_dir / "error.json", json.dumps(payload).encode())
+    path = trial.run_dir / "error.json"
+    if path.is_file():
+        return json.loads(path.read_text())["error"]
+    atomic_write_bytes(path, json.dumps({"error": error, "traceback": ""}).encode())
+    return error

@@ -27,8 +27,13 @@ from torch import nn
 
 
 def threads_per_worker(workers: int) -> int:
-    """Each of ``workers`` processes' share of this machine's cores (at least one)."""
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+    """Each of ``workers`` processes' share of the cores this process may use (at least one)."""
+    # taskset and docker --cpuset-cpus restrict the cores, but not os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(workers, 1))
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,9 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
     except mp.ProcessRaisedException as e:  # the child's traceback, as its one last line
         last = [line for line in str(e).splitlines() if line.strip()][-1]
         raise RuntimeError(f"rank {e.error_index}: {last}") from None
+    except mp.ProcessExitedException as e:  # killed by a signal or os._exit: no traceback
+        how = f"killed by {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
+        raise RuntimeError(f"rank {e.error_index}: process died ({how})") from None
 
 
 def _worker(rank: int, fn: Callable[..., Any], nproc: int, port: int, level: int, args) -> None:

@@ -8,9 +8,11 @@ import sys
 import typer
 import yaml
 from rich.console import Console
+from rich.text import Text
 
 from ..data import DataError
 
+# help strings write "\\[default: x]": Rich would take a bare "[default: x]" for markup
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -19,9 +21,14 @@ app = typer.Typer(
 )
 TTA_HELP = "none, flip or shift (10 views); default: the model's own (an ensemble's manifest)"
 # soft_wrap: a message or a path is one line however long (scripts grep them; a wrapped
-# "wrote <path>" cannot be pasted); tables still lay themselves out to the width
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# "wrote <path>" cannot be pasted); tables still lay themselves out to the width. No markup:
+# messages carry paths and pip extras ('ferlab[dlib]') whose brackets must print as they are
+console = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def print_error(message: str) -> None:
+    err.print(Text("error: ", style="red") + Text(message), highlight=False)
 
 
 def parse_formats(text: str, out: object) -> list[str]:
@@ -40,5 +47,5 @@ def main() -> None:
     try:
         app()
     except (DataError, ValueError, OSError, ImportError, RuntimeError, yaml.YAMLError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(str(e))
         sys.exit(2)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import DEFAULT_DATA, TrainConfig, parse_override
 from ..data import EMOTIONS, USAGES
-from .app import TTA_HELP, app, console, err, parse_formats
+from .app import TTA_HELP, app, console, err, parse_formats, print_error
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -65,7 +65,7 @@ def train(
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory")] = None,
     data: Annotated[
-        str | None, typer.Option(help=f"Dataset path [default: {DEFAULT_DATA}]")
+        str | None, typer.Option(help=f"Dataset path \\[default: {DEFAULT_DATA}]")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name (ferlab models)")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs")] = None,
@@ -133,7 +133,7 @@ def evaluate(
     ] = "PublicTest",
     split_mode: Annotated[
         str | None,
-        typer.Option(help="official or stratified [default: as trained, on its data]"),
+        typer.Option(help="official or stratified \\[default: as trained, on its data]"),
     ] = None,
     tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     out: Annotated[
@@ -142,14 +142,14 @@ def evaluate(
     format: Annotated[
         str | None,
         typer.Option(
-            help="json, csv or md, comma-separated with --out [default: md; all 3 with --out]"
+            help="json, csv or md, comma-separated with --out \\[default: md; all 3 with --out]"
         ),
     ] = None,
     ignore_unknown: Annotated[
         bool | None,
         typer.Option(
             "--ignore-unknown/--no-ignore-unknown",
-            help="Skip class folders that are not one of the 7 emotions [default: as trained]",
+            help="Skip class folders that are not one of the 7 emotions \\[default: as trained]",
         ),
     ] = None,
 ) -> None:
@@ -196,12 +196,12 @@ def export(
         str | None,
         typer.Argument(
             help="Checkpoint, run dir, export or shipped name; with --int8 also a float .onnx "
-            "[default: the shipped default]"
+            "\\[default: the shipped default]"
         ),
     ] = None,
     format: Annotated[str, typer.Option(help="onnx or safetensors")] = "onnx",
     out: Annotated[
-        Path | None, typer.Option(help="File (.onnx) or stem (safetensors) [default: model]")
+        Path | None, typer.Option(help="File (.onnx) or stem (safetensors) \\[default: model]")
     ] = None,
     info: Annotated[
         Path | None, typer.Option(help="YAML/JSON of extra facts (safetensors)")
@@ -210,7 +210,7 @@ def export(
         bool, typer.Option(help="ONNX: static int8 quantisation, calibrated on training faces")
     ] = False,
     data: Annotated[
-        str | None, typer.Option(help=f"Dataset for --int8 calibration [default: {DEFAULT_DATA}]")
+        str | None, typer.Option(help=f"Dataset for --int8 calibration \\[default: {DEFAULT_DATA}]")
     ] = None,
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
@@ -263,7 +263,7 @@ def experiment(
     workers: Annotated[int, typer.Option(help="Trials at once (CPU threads are divided)")] = 1,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (ray backend)")] = None,
     out: Annotated[
-        str | None, typer.Option(help="Parent folder [default: the suite's out]")
+        str | None, typer.Option(help="Parent folder \\[default: the suite's out]")
     ] = None,
 ) -> None:
     """Run a suite's unfinished trials (resumable), then write its report."""
@@ -287,7 +287,7 @@ def experiment(
     failed = [t for t in trials if t.failed]
     for t in failed:
         error = json.loads((t.run_dir / "error.json").read_text())["error"]
-        err.print(f"[red]error:[/red] {t.variant}/seed{t.seed}: {error}", highlight=False)
+        print_error(f"{t.variant}/seed{t.seed}: {error}")
     if failed:  # the report is written, but a script must see that trials are missing
         raise typer.Exit(1)
 
@@ -300,7 +300,7 @@ def report(
     suite: Annotated[
         Path | None, typer.Option(help="Suite YAML: its name, baseline and notes")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Write here [default: RUNS]")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write here \\[default: RUNS]")] = None,
 ) -> None:
     """Statistics, comparisons and plots over a set of runs: report.md/html, results.csv/json."""
     from ..report import build_report

@@ -12,14 +12,14 @@ from rich.box import SIMPLE
 from rich.table import Table
 
 from ..data import EMOTIONS, atomic_write_bytes
-from .app import TTA_HELP, app, console, err, parse_formats
+from .app import TTA_HELP, app, console, err, parse_formats, print_error
 
 
 @app.command()
 def predict(
     sources: Annotated[list[str], typer.Argument(help="Images, folders, videos")],
     model: Annotated[
-        str | None, typer.Option(help="Checkpoint, .onnx, or name [default: shipped]")
+        str | None, typer.Option(help="Checkpoint, .onnx, or name \\[default: shipped]")
     ] = None,
     runtime: Annotated[
         str, typer.Option(help="torch or onnx (exports the model on the fly)")
@@ -30,7 +30,7 @@ def predict(
     ] = False,
     format: Annotated[
         str | None,
-        typer.Option(help="json, csv or md; with --out a list [default: json, or json,csv,md]"),
+        typer.Option(help="json, csv or md; with --out a list \\[default: json, or json,csv,md]"),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write predictions, annotated images/videos here")
@@ -59,7 +59,7 @@ def predict(
         print(render(records, formats[0]), end="")
     failed = [r for r in records if r.get("error")]
     for r in failed:
-        err.print(f"[red]error:[/red] {r['error']}", highlight=False)
+        print_error(r["error"])
     if failed:
         raise typer.Exit(1)
 
@@ -89,7 +89,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the annotated photo and predictions go")] = Path(
         "runs/demo"
     ),
-    model: Annotated[str | None, typer.Option(help="Model [default: shipped]")] = None,
+    model: Annotated[str | None, typer.Option(help="Model \\[default: shipped]")] = None,
     detector: Annotated[str, typer.Option(help="Face detector")] = "haar",
 ) -> None:
     """Recognise the expression in a demo photo (scikit-image's astronaut, NASA, public domain)."""
@@ -120,7 +120,7 @@ def demo(
 @app.command()
 def serve(
     model: Annotated[
-        str | None, typer.Option(help="Checkpoint, export, .onnx or name [default: shipped]")
+        str | None, typer.Option(help="Checkpoint, export, .onnx or name \\[default: shipped]")
     ] = None,
     runtime: Annotated[str, typer.Option(help="torch or onnx (exports on the fly)")] = "torch",
     detector: Annotated[str, typer.Option(help="Default face detector")] = "haar",
@@ -139,7 +139,7 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest image accepted (MB)")] = 10.0,
     max_pending_mb: Annotated[
         float | None,
-        typer.Option(help="Uploads held at once, all requests (503 above) [default: 2 batches]"),
+        typer.Option(help="Uploads held at once, all requests (503 above) \\[default: 2 batches]"),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504")] = 30.0,
     api_key: Annotated[

@@ -161,8 +161,9 @@ async def read_upload(
         raise ApiError(413, f"request body is {declared} bytes, over the limit of {limit}")
     ctype = request.headers.get("content-type", "").lower()
     multipart = ctype.startswith("multipart/form-data")
+    most = max_images if batch else 1
     if multipart:
-        upload = await _read_multipart(request, batch, limit, max_images, take)
+        upload = await _read_multipart(request, batch, limit, most, take)
     elif ctype.startswith("application/json"):
         upload = await _read_json(request, batch, limit, take)
     else:
@@ -174,25 +175,29 @@ async def read_upload(
     if not upload.images:
         field = ("file" if multipart else "image") + ("s" if batch else "")
         raise ApiError(422, f"no image in the request: expected a '{field}' field")
-    most = max_images if batch else 1
     if len(upload.images) > most:
-        raise ApiError(
-            413,
-            f"{len(upload.images)} images, over the limit of {most}"
-            + ("" if batch else ": use /v1/predict/batch for several"),
-        )
+        raise _too_many(len(upload.images), most, batch)
     return upload
 
 
+def _too_many(count: int | str, most: int, batch: bool) -> ApiError:
+    hint = "" if batch else ": use /v1/predict/batch for several"
+    return ApiError(413, f"{count} images, over the limit of {most}{hint}")
+
+
 async def _read_multipart(
-    request: Request, batch: bool, limit: int, max_images: int, take: Callable[[int], None]
+    request: Request, batch: bool, limit: int, most: int, take: Callable[[int], None]
 ) -> Upload:
+    # one file over the limit is parsed, so that read_upload counts it as for JSON; past
+    # that the parser stops reading, and its "too many files" is the same 413, not a 400
     parser = _InMemoryParser(
-        request.headers, _limited(request, limit, take), max_files=max_images, max_fields=20
+        request.headers, _limited(request, limit, take), max_files=most + 1, max_fields=20
     )
     try:
         form = await parser.parse()
     except MultiPartException as e:
+        if e.message.startswith("Too many files"):
+            raise _too_many(f"more than {most + 1}", most, batch) from None
         raise ApiError(400, f"malformed multipart body: {e.message}") from None
     images, fields = [], {}
     for key, value in form.multi_items():

@@ -55,7 +55,9 @@ async function loadModelInfo() {
     }));
     drawLegend();
   } catch (e) {
-    if (String(e.message).startsWith("503")) setTimeout(loadModelInfo, 2000);  // still loading
+    // the server's 503s say "the model is still loading" or "the model failed to load: ..."
+    // (serve/app.py _not_ready): poll for the first, a failure stays failed
+    if (String(e.message).startsWith("503: the model is still loading")) setTimeout(loadModelInfo, 2000);
     else setStatus(e.message, "error");
   }
 }
@@ -126,13 +128,17 @@ function listFaces(faces) {
 
 // ---- photo mode ----
 
+let photoId = 0;  // the latest photo: a slower reply to an earlier one must not draw over it
+
 async function handlePhoto(file) {
   if (!file) return;
+  const id = ++photoId;
   showMode("photo");
   setStatus(`Recognising ${file.name}…`, "busy");
   els.faces.replaceChildren();
   try {
     const bitmap = await createImageBitmap(file);  // honours EXIF orientation, as the server does
+    if (id !== photoId) return;
     const canvas = els.photo;
     canvas.width = bitmap.width;
     canvas.height = bitmap.height;
@@ -140,13 +146,14 @@ async function handlePhoto(file) {
     const ctx = canvas.getContext("2d");
     ctx.drawImage(bitmap, 0, 0);
     const result = await predict(file, file.name);
+    if (id !== photoId) return;
     drawBoxes(ctx, result.faces, bitmap.width / result.size[0]);
     listFaces(result.faces);
     const n = result.faces.length;
     setStatus(`${n === 0 ? "No face" : n === 1 ? "1 face" : `${n} faces`} found in ${file.name} ` +
       `(${Math.round(result.timing_ms.total)} ms)`, "done");
   } catch (e) {
-    setStatus(`Could not recognise ${file.name}: ${e.message}`, "error");
+    if (id === photoId) setStatus(`Could not recognise ${file.name}: ${e.message}`, "error");
   }
 }
 
@@ -161,7 +168,9 @@ document.addEventListener("drop", (e) => {
 
 // ---- webcam mode ----
 
-const cam = { stream: null, running: false, t0: 0, grab: document.createElement("canvas") };
+// session: bumped by Start and Stop, so a frame still in flight from an earlier session
+// neither adds to the timeline nor keeps its capture loop going
+const cam = { stream: null, running: false, session: 0, t0: 0, grab: document.createElement("canvas") };
 const timeline = [];  // {t: seconds since start, probs: [...classes]} for the first face
 
 async function startWebcam() {
@@ -173,16 +182,19 @@ async function startWebcam() {
   }
   els.video.srcObject = cam.stream;
   await els.video.play();
+  const id = ++cam.session;
   cam.running = true;
   cam.t0 = performance.now();
+  clearTimeline();  // times restart at 0: kept points would put the chart and CSV back in time
   els.start.disabled = true;
   els.stop.disabled = false;
   setStatus("Webcam running", "live");
-  tick();
+  tick(id);
 }
 
 function stopWebcam() {
   cam.running = false;
+  cam.session++;
   if (cam.stream) cam.stream.getTracks().forEach((t) => t.stop());
   cam.stream = null;
   els.start.disabled = false;
@@ -190,19 +202,19 @@ function stopWebcam() {
   setStatus(`Webcam stopped; ${timeline.length} points in the timeline`, "done");
 }
 
-async function tick() {  // one frame in flight at a time, at most `fps` a second
-  if (!cam.running) return;
+async function tick(id) {  // one frame in flight at a time, at most `fps` a second
+  if (id !== cam.session) return;
   const started = performance.now();
   try {
-    await sendFrame();
+    await sendFrame(id);
   } catch (e) {
-    setStatus(e.message, "error");
+    if (id === cam.session) setStatus(e.message, "error");
   }
   const wait = 1000 / Number(els.fps.value) - (performance.now() - started);
-  setTimeout(tick, Math.max(0, wait));
+  setTimeout(() => tick(id), Math.max(0, wait));
 }
 
-async function sendFrame() {
+async function sendFrame(id) {
   const { videoWidth: w, videoHeight: h } = els.video;
   if (!w || !h) return;
   cam.grab.width = w;
@@ -211,7 +223,7 @@ async function sendFrame() {
   const t = (performance.now() - cam.t0) / 1000;
   const blob = await new Promise((resolve) => cam.grab.toBlob(resolve, "image/jpeg", 0.85));
   const result = await predict(blob, "frame.jpg");
-  if (!cam.running) return;
+  if (id !== cam.session) return;
   els.overlay.width = w;
   els.overlay.height = h;
   const ctx = els.overlay.getContext("2d");
@@ -270,6 +282,13 @@ function drawTimeline() {
   canvas.dataset.points = String(timeline.length);
 }
 
+function clearTimeline() {
+  timeline.length = 0;
+  els.count.textContent = "0";
+  els.csv.disabled = true;
+  drawTimeline();
+}
+
 function timelineCsv() {
   const rows = [["time_s", ...classes].join(",")];
   for (const p of timeline) rows.push([p.t.toFixed(3), ...p.probs.map((v) => v.toFixed(4))].join(","));
@@ -288,12 +307,7 @@ function downloadCsv() {
 els.start.addEventListener("click", startWebcam);
 els.stop.addEventListener("click", stopWebcam);
 els.csv.addEventListener("click", downloadCsv);
-$("timeline-clear").addEventListener("click", () => {
-  timeline.length = 0;
-  els.count.textContent = "0";
-  els.csv.disabled = true;
-  drawTimeline();
-});
+$("timeline-clear").addEventListener("click", clearTimeline);
 
 // ---- modes, API key, start-up ----
 
