@@ -6,8 +6,8 @@ import pytest
 
 from ferlab import load_model
 from ferlab.classifier import shipped_models
-from ferlab.ensemble import Ensemble, calibrate, fit_temperature, save_ensemble
-from test_export import faces, make_classifier  # noqa: F401  (fixture and helper)
+from ferlab.ensemble import Ensemble, calibrate, fit_temperature, load_ensemble, save_ensemble
+from test_export import faces, make_classifier, small_classifier  # noqa: F401  (fixture, helpers)
 
 
 def test_fit_temperature_recovers_the_true_one():
@@ -82,10 +82,63 @@ def test_bad_manifests_fail_with_the_file_named(tmp_path):
         load_model(bad)
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble([])
+    bad.write_text("{not json")  # load_ensemble directly: load_model reads it as an export
+    with pytest.raises(ValueError, match=r"e\.json: not an ensemble manifest \(Expecting"):
+        load_ensemble(bad)
+    bad.write_text("[1]")
+    with pytest.raises(ValueError, match=r"e\.json: an ensemble manifest needs"):
+        load_ensemble(bad)
     preds = tmp_path / "predictions.json"  # JSON, but a list: neither manifest nor export
     preds.write_text(json.dumps([{"path": "a.jpg", "faces": []}]))
     with pytest.raises(FileNotFoundError, match=r"predictions\.safetensors: not found"):
         load_model(preds)
+
+
+def test_saving_replaces_the_whole_ensemble_or_nothing(tmp_path, monkeypatch):
+    """Members were checked one by one while written: an unexportable second member left a
+    half-written folder (and an error naming "model"); two members saved over three left
+    member2 behind."""
+    from types import SimpleNamespace
+
+    from ferlab import export
+    from ferlab.data import EMOTIONS
+
+    def files():
+        """Every path under tmp_path (folders too: an empty temp folder left behind counts)."""
+        return {
+            p.relative_to(tmp_path): p.is_file() and p.read_bytes() for p in tmp_path.rglob("*")
+        }
+
+    three = Ensemble([small_classifier() for _ in range(3)])
+    manifest = save_ensemble(three, tmp_path / "ens")
+    save_ensemble(Ensemble(three.members[:2]), tmp_path / "ens")
+    assert sorted(p.name for p in (tmp_path / "ens").iterdir()) == [
+        "member0.json",
+        "member0.safetensors",
+        "member1.json",
+        "member1.safetensors",
+    ]
+    assert len(load_model(manifest).members) == 2
+    before = files()
+    onnx_file = SimpleNamespace(classes=EMOTIONS)  # an ONNX model has no weights to save
+    for path in (tmp_path / "ens", tmp_path / "new"):
+        with pytest.raises(ValueError, match=r"^member 1: exports need a PyTorch model"):
+            save_ensemble(Ensemble([three.members[0], onnx_file]), path)
+    assert files() == before  # no new folder, nothing replaced
+    # killed part way (a full disk, say): the previous ensemble stays, and no temp folder
+    real = export.export_safetensors
+    calls = []
+
+    def fail_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(export, "export_safetensors", fail_second)
+    with pytest.raises(OSError, match="No space left"):
+        save_ensemble(three, tmp_path / "ens")
+    assert files() == before
 
 
 def test_manifest_temperatures_and_tta_are_checked_on_load(faces, tmp_path):  # noqa: F811

@@ -1,7 +1,9 @@
+
 """ONNX and safetensors exports agree with PyTorch on real FER-2013 faces."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -279,6 +281,112 @@ def test_safetensors_errors(tmp_path):
         meta.write_text(json.dumps({**info, "preprocess": spec}))
         with pytest.raises(ValueError, match=f"p.json: preprocess .*{message}"):
             load_safetensors_model(meta)
+
+
+def small_classifier(spec: dict | None = None) -> Classifier:
+    model = create_model("vggnet_s", **SMALL)
+    spec = spec or preprocess_spec("minmax")
+    return Classifier(model, spec, name="vggnet_s", meta={"model_kwargs": SMALL})
+
+
+def one_line_error(call, where: object, message: str) -> None:
+    """``call()`` raises one ValueError line that starts with ``where`` (its file)."""
+    with pytest.raises(ValueError, match=message) as e:
+        call()
+    assert str(e.value).startswith(f"{where}: ") and "\n" not in str(e.value), str(e.value)
+
+
+def test_checkpoints_that_cannot_build_their_model_name_the_file(tmp_path):
+    """A missing classes once raised KeyError, list model_kwargs a TypeError, and weights that
+    do not fit the model_kwargs a page of torch's RuntimeError."""
+    from ferlab.checkpoint import build_model, load_checkpoint
+
+    model = create_model("vggnet_s", **SMALL)
+    for name, change, message in [
+        ("noclasses", {"classes": None}, "classes: expected a list of class names"),
+        ("intclasses", {"classes": 7}, "classes: expected a list of class names"),
+        ("noname", {"model_name": "nosuch"}, "model_name: expected one of .*vggnet_s"),
+        ("kwlist", {"model_kwargs": [1]}, "model_kwargs: expected a mapping"),
+    ]:
+        path = tmp_path / f"{name}.pt"
+        save_small_checkpoint(path, model, **change)
+        one_line_error(lambda p=path: load_model(p), path, message)
+    for name, kwargs, message in [
+        ("wrongkw", {"widths": [8, 16, 16, 32]}, r"weights do not fit vggnet_s .*; and 10 more\)"),
+        ("badkw", {"bogus": 1}, "model_kwargs {'bogus': 1} do not build vggnet_s"),
+    ]:
+        path = tmp_path / f"{name}.pt"
+        save_small_checkpoint(path, model, model_kwargs=kwargs)
+        ckpt = load_checkpoint(path)
+        one_line_error(lambda c=ckpt, p=path: build_model(c, str(p)), path, message)
+
+
+def test_safetensors_json_that_cannot_build_its_model_names_the_file(tmp_path):
+    """Each of these once raised a TypeError traceback, or a message without the file."""
+    _, meta = export_safetensors(small_classifier(), tmp_path / "m")
+    info = json.loads(meta.read_text())
+    for doc, message in [
+        ("model_name classes preprocess", "not a ferlab export"),  # `in` matched substrings
+        ({**info, "classes": 7}, "classes: expected a list of class names"),
+        ({**info, "classes": ["a", "b", "c"]}, "weights do not fit vggnet_s"),
+        ({**info, "model_kwargs": [1]}, "model_kwargs: expected a mapping"),
+        ({**info, "model_kwargs": {"bogus": 1}}, "model_kwargs {'bogus': 1} do not build"),
+        ({**info, "model_name": "nosuch"}, "model_name: expected one of"),
+    ]:
+        meta.write_text(json.dumps(doc))
+        one_line_error(lambda: load_safetensors_model(meta), meta, message)
+
+
+def test_numpy_preprocess_values_export_as_numbers(ort, tmp_path):
+    """A NumPy mean was written as the string "0.49" (json default=str): the file loaded,
+    then failed at the first prediction subtracting a str from a tensor."""
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    images = x.astype(np.float32) / 255
+    spec = {"size": 48, "channels": 1, "normalize": "standardize"}
+    clf = small_classifier({**spec, "mean": images.mean(), "std": images.std()})
+    _, meta = export_safetensors(clf, tmp_path / "m", fp16=False)
+    saved = json.loads(meta.read_text())["preprocess"]
+    assert type(saved["mean"]) is float and type(saved["std"]) is float
+    want = clf.predict_proba(x)
+    assert max_diff(load_safetensors_model(meta).predict_proba(x), want) < 1e-6
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx"))
+    assert type(onnx_clf.preprocess["mean"]) is float
+    # what such an export wrote is refused on load, as are booleans
+    info = json.loads(meta.read_text())
+    for mean in ("0.49", True):
+        meta.write_text(json.dumps({**info, "preprocess": {**spec, "mean": mean, "std": 0.3}}))
+        one_line_error(lambda: load_safetensors_model(meta), meta, "numeric mean and std > 0")
+    # a value JSON cannot hold fails the export, and nothing is written
+    with pytest.raises(ValueError, match=r"n\.json: cannot be written as JSON"):
+        export_safetensors(clf, tmp_path / "n", extra={"when": object()})
+    assert not list(tmp_path.glob("n.*"))
+    # what a user's --info YAML holds besides strings and numbers: dates, as ISO text
+    _, meta = export_safetensors(
+        clf, tmp_path / "d", extra={"trained": datetime.date(2026, 11, 30)}
+    )
+    assert json.loads(meta.read_text())["trained"] == "2026-11-30"
+
+
+def test_onnx_metadata_is_checked_on_load(ort, tmp_path):
+    """Bad JSON once said only "Expecting value"; an unknown normalize loaded; two class names
+    for seven outputs loaded, then failed with a broadcast error."""
+    import onnx
+
+    good = export_onnx(small_classifier(), tmp_path / "m.onnx")
+    for key, value, message in [
+        ("classes", "angry,happy", "metadata classes: expected JSON"),
+        ("classes", '{"a": 1}', "metadata classes: expected a list of names"),
+        ("classes", '["a", "b"]', r"metadata classes: expected 7 names .*got 2"),
+        ("model_kwargs", "nope", "metadata model_kwargs: expected JSON"),
+        ("preprocess", '{"normalize": "minmaxx"}', "metadata: preprocess normalize: expected"),
+    ]:
+        proto = onnx.load(str(good))
+        props = {p.key: p.value for p in proto.metadata_props}
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, {**props, key: value})
+        bad = tmp_path / f"bad_{key}.onnx"
+        onnx.save(proto, str(bad))
+        one_line_error(lambda b=bad: load_onnx(b), bad, message)
 
 
 def test_safetensors_pair_from_two_exports_is_refused(tmp_path):

@@ -162,7 +162,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         raise missing_model(path)  # a bare name: misspelt, or not shipped with this install
     ckpt = load_checkpoint(path)
     return Classifier(
-        build_model(ckpt),
+        build_model(ckpt, str(path)),
         ckpt["preprocess"],
         tuple(ckpt["classes"]),
         name=ckpt["model_name"],

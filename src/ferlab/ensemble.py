@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -142,23 +145,51 @@ def build_ensemble(
 
 
 def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``<stem>.json`` and the members as fp16 safetensors under ``<stem>/``."""
-    from .export import _stem, export_safetensors
+    """Write ``<stem>.json`` and the members as fp16 safetensors under ``<stem>/``.
 
+    A failure leaves any previous ensemble at ``path`` as it was: every member is checked
+    first, and the members are written to a temporary sibling folder that replaces
+    ``<stem>/`` whole (so no member of an earlier, larger ensemble stays behind).
+    """
+    from .export import _stem, check_exportable, export_safetensors
+
+    members = [check_exportable(m, f"member {i}") for i, m in enumerate(ensemble.members)]
     folder = _stem(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    members = []
-    for i, (m, t) in enumerate(zip(ensemble.members, ensemble.temperatures, strict=True)):
-        _, meta = export_safetensors(m, folder / f"member{i}")
-        # the member's JSON holds its weights' hash: a manifest left over members that a
-        # later, killed save replaced is refused on load instead of mixing temperatures
-        digest = hashlib.sha256(meta.read_bytes()).hexdigest()
-        members.append({"file": f"{folder.name}/{meta.name}", "temperature": t, "sha256": digest})
-    manifest = {"kind": KIND, "members": members, "tta": ensemble.tta}
-    manifest |= {**ensemble.meta, **(extra or {})}  # what it was calibrated on, and notes
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; outputs are meant to be shared
+        entries = []
+        for i, (m, t) in enumerate(zip(members, ensemble.temperatures, strict=True)):
+            _, meta = export_safetensors(m, tmp / f"member{i}")
+            # the member's JSON holds its weights' hash: a manifest left over members that a
+            # later, killed save replaced is refused on load instead of mixing temperatures
+            digest = hashlib.sha256(meta.read_bytes()).hexdigest()
+            entries.append(
+                {"file": f"{folder.name}/{meta.name}", "temperature": t, "sha256": digest}
+            )
+        manifest = {"kind": KIND, "members": entries, "tta": ensemble.tta}
+        manifest |= {**ensemble.meta, **(extra or {})}  # what it was calibrated on, and notes
+        data = (json.dumps(manifest, indent=2) + "\n").encode()
+        _swap_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     out = folder.with_name(folder.name + ".json")
-    atomic_write_bytes(out, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_bytes(out, data)  # last: until then the old manifest refuses the new members
     return out
+
+
+def _swap_folder(new: Path, folder: Path) -> None:
+    """Put ``new`` in the place of ``folder``: a folder cannot be os.replace'd over a full
+    one, so the old one is renamed aside first, then deleted."""
+    if not folder.is_dir():  # nothing there (a file there makes os.replace fail: kept)
+        os.replace(new, folder)
+        return
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+    os.replace(folder, old / folder.name)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_manifest(path: Path) -> bool:
@@ -175,8 +206,11 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     from .export import load_safetensors_model
 
     path = Path(path)
-    info = json.loads(path.read_text())
-    members = info.get("members")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ValueError(f"{path}: not an ensemble manifest ({e})") from None
+    members = info.get("members") if isinstance(info, dict) else None
     if not isinstance(members, list) or not members:
         raise ValueError(f"{path}: an ensemble manifest needs a non-empty 'members' list")
     try:

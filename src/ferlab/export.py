@@ -7,6 +7,7 @@ a JSON file saying how to rebuild the network: the form in which ferlab ships it
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -18,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import build_model
 from .classifier import REQUIRED, TRAINING_KEYS, Classifier, check_faces
 from .data import atomic_write_bytes
-from .models import create_model
 from .onnx_model import OnnxClassifier
 from .transforms import check_preprocess, scale
 
@@ -58,11 +59,14 @@ def _describe(classifier: Classifier) -> dict:
     from . import __version__  # lazy: the package __init__ may import this module
 
     meta = classifier.meta
+    preprocess = dict(classifier.preprocess)
+    if preprocess["normalize"] == "standardize":  # a NumPy mean, say: JSON holds Python floats
+        preprocess["mean"], preprocess["std"] = float(preprocess["mean"]), float(preprocess["std"])
     info = {
         "model_name": classifier.name,
         "model_kwargs": {},
         "classes": list(classifier.classes),
-        "preprocess": dict(classifier.preprocess),
+        "preprocess": preprocess,
         "ferlab_version": __version__,
     }
     info.update({k: meta[k] for k in TRAINING_KEYS if k in meta})
@@ -70,6 +74,24 @@ def _describe(classifier: Classifier) -> dict:
     if "model_kwargs" not in meta and "model_kwargs" in meta.get("config", {}):
         info["model_kwargs"] = meta["config"]["model_kwargs"]
     return info
+
+
+def _json(value: object, where: str, **kw) -> str:
+    """``value`` as JSON, or one line naming ``where``: str() of any unknown type would write
+    a string that loads without complaint and fails at the first prediction."""
+    try:
+        return json.dumps(value, default=_plain, **kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: cannot be written as JSON ({e})") from None
+
+
+def _plain(value: object) -> object:
+    """What JSON cannot hold but a user's --info YAML (dates) or NumPy (scalars) gives."""
+    if isinstance(value, datetime.date):  # datetime too
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def export_onnx(
@@ -110,7 +132,9 @@ def export_onnx(
         proto = onnx.load(f"{tmp}/model.onnx")
     info = _describe(classifier)
     info["preprocess"]["input"] = INPUT  # a note for readers: the graph applies it already
-    props = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in info.items()}
+    props = {
+        k: v if isinstance(v, str) else _json(v, f"{path}: metadata {k}") for k, v in info.items()
+    }
     props["input_size"] = str(classifier.preprocess.get("size", 48))
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
@@ -294,28 +318,16 @@ def export_safetensors(
             value = half if bool(torch.isfinite(half).all()) else value.float()
         state[key] = value
     # rebuild now, so a wrong model_kwargs fails here and not when the shipped file is loaded
-    _build(info, state, f"{classifier.name!r} with model_kwargs {info['model_kwargs']}")
+    build_model(info, f"export of {classifier.name}", state)
     weights, meta = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
     blob = save(state, metadata={"format": "pt"})
     # two files cannot be replaced in one step: the hash lets the loader refuse a pair that a
     # kill between the two writes (or a copy from two exports) left mismatched
     info["sha256"] = hashlib.sha256(blob).hexdigest()
+    text = _json(info, str(meta), indent=2) + "\n"  # before writing: a failure writes nothing
     atomic_write_bytes(weights, blob)
-    atomic_write_bytes(meta, (json.dumps(info, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(meta, text.encode())
     return weights, meta
-
-
-def _build(info: dict, state: dict[str, torch.Tensor], where: str) -> nn.Module:
-    model = create_model(
-        info["model_name"], num_classes=len(info["classes"]), **info.get("model_kwargs", {})
-    )
-    try:
-        model.load_state_dict(
-            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        )
-    except RuntimeError as e:  # torch lists every missing/mismatched tensor
-        raise ValueError(f"{where}: weights do not fit the model ({e})") from None
-    return model.eval()
 
 
 def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
@@ -337,6 +349,8 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
         state = load(blob)
     except (ValueError, SafetensorError) as e:
         raise ValueError(f"{stem}: not a ferlab safetensors export ({e})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{meta}: not a ferlab export (expected a JSON object)")
     missing = [k for k in REQUIRED if k not in info]
     if missing:
         raise ValueError(f"{meta}: not a ferlab export (lacks {', '.join(missing)})")
@@ -347,7 +361,7 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
             f"{weights}: not the weights {meta.name} describes (sha256 differs); export again"
         )
     return Classifier(
-        _build(info, state, str(weights)),
+        build_model(info, str(meta), state),
         info["preprocess"],
         tuple(info["classes"]),
         name=info["model_name"],

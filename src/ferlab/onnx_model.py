@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .classifier import REQUIRED, TRAINING_KEYS, check_batch, check_faces
-from .transforms import check_tta, mean_log_probs, tta_views
+from .transforms import check_preprocess, check_tta, mean_log_probs, tta_views
 
 
 class OnnxClassifier:
@@ -40,11 +41,15 @@ class OnnxClassifier:
         missing = [k for k in REQUIRED if k not in props]
         if missing:
             raise ValueError(f"{where}: not a ferlab export (metadata lacks {', '.join(missing)})")
-        self.classes = tuple(json.loads(props.pop("classes")))
-        self.preprocess = json.loads(props.pop("preprocess"))
+        self.classes = _check_classes(
+            _parse(props.pop("classes"), where, "classes"), self.session, where
+        )
+        self.preprocess = check_preprocess(
+            _parse(props.pop("preprocess"), where, "preprocess"), f"{where}: metadata"
+        )
         self.preprocess.pop("input", None)
         self.name = props.pop("model_name")
-        self.meta = {k: json.loads(v) if k in TRAINING_KEYS else v for k, v in props.items()}
+        self.meta = {k: _parse(v, where, k) if k in TRAINING_KEYS else v for k, v in props.items()}
 
     def _run(self, x: np.ndarray, output: str) -> np.ndarray:
         return self.session.run([output], {"faces": x})[0]
@@ -73,6 +78,31 @@ class OnnxClassifier:
     def predict(self, faces: np.ndarray, **kw) -> np.ndarray:
         """Predicted class indices ``(N,)``."""
         return self.predict_proba(faces, **kw).argmax(1)
+
+
+def _parse(text: str, where: str, key: str) -> Any:
+    """One metadata entry, JSON-decoded; a bad one named with its file and key."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{where}: metadata {key}: expected JSON ({e})") from None
+
+
+def _check_classes(classes: Any, session: Any, where: str) -> tuple[str, ...]:
+    """The metadata's class names, as many as the graph's outputs when that is fixed: a
+    mismatch would otherwise load and fail with a broadcast error at the first prediction."""
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(
+            f"{where}: metadata classes: expected a list of names, got {classes!r:.80}"
+        )
+    shape = next((o.shape for o in session.get_outputs() if o.name == "probs"), None)
+    width = shape[-1] if shape else None  # a str (a named axis) when not fixed
+    if isinstance(width, int) and width != len(classes):
+        raise ValueError(
+            f"{where}: metadata classes: expected {width} names (the graph's outputs), "
+            f"got {len(classes)}"
+        )
+    return tuple(classes)
 
 
 def load_onnx(path: str | Path, threads: int = 0) -> OnnxClassifier:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +44,20 @@ def check_preprocess(spec: dict, where: str = "") -> dict:
         )
     if spec["normalize"] == "standardize":
         mean, std = spec.get("mean", math.nan), spec.get("std", math.nan)
-        try:  # numpy and tensor scalars are numbers too
-            ok = math.isfinite(float(mean)) and math.isfinite(float(std)) and float(std) > 0
-        except (TypeError, ValueError):
+        # numpy and tensor scalars are numbers too; a string is not, though float() takes
+        # "0.5": it would load, then fail at the first prediction (a tensor minus a str)
+        try:
+            ok = float(std) > 0 and all(
+                isinstance(v, Real | torch.Tensor)
+                and not isinstance(v, bool)
+                and math.isfinite(float(v))
+                for v in (mean, std)
+            )
+        except (TypeError, ValueError):  # None, or a tensor of several values
             ok = False
         if not ok:
             raise ValueError(
-                f"{prefix}preprocess standardize: needs a finite mean and std > 0, "
+                f"{prefix}preprocess standardize: needs a finite numeric mean and std > 0, "
                 f"got {mean!r}, {std!r}"
             )
     return spec
