@@ -1,4 +1,3 @@
-
 """ONNX and safetensors exports agree with PyTorch on real FER-2013 faces."""
 
 from __future__ import annotations

@@ -196,20 +196,28 @@ def test_outputs_written_under_out(tiny_model, tmp_path, photo_dir, astronaut):
 
 
 def test_a_box_the_height_of_the_image_keeps_its_label_and_bars_in_the_image():
-    from ferlab.annotate import COLORS, draw_faces
+    from ferlab.annotate import COLORS, MIN_SIDE, draw_faces
 
     # every --no-detect 48x48 crop: the label fits neither above nor below the box, and was
-    # drawn below the image, out of sight
+    # drawn below the image, out of sight; at 48 px only 4 of the 7 bars fitted
     probs = np.full(7, 0.02, np.float32)
     probs[EMOTIONS.index("happy")] = 0.88
-    out = draw_faces(np.full((48, 48, 3), 128, np.uint8), [Face((0, 0, 48, 48), probs)])
-    label = (out == COLORS["happy"]).all(axis=2)
-    # its background, inside the box at its top: the label colour, but for the black text
-    assert label[1, 1:47].all() and label[1:13, 1:47].mean() > 0.5
-    # the bars are drawn below the label, not over it: each starts with its dark track
+    image = np.full((48, 48, 3), 128, np.uint8)
+    image[20, 30] = 7  # one marked pixel, to follow through the enlargement
+    out = draw_faces(image, [Face((0, 0, 48, 48), probs)])
+    k = MIN_SIDE // 48  # enlarged by a whole factor, pixels repeated
+    assert out.shape == (48 * k, 48 * k, 3) and (out[20 * k : 21 * k, 30 * k : 31 * k] == 7).all()
+    # the label's background, inside the box at its top (the box's own border is a thin line)
+    label = np.flatnonzero((out[:, 5:] == COLORS["happy"]).all(axis=2).sum(axis=1) > 20)
+    assert label.size and label.min() <= 2 and label.max() < out.shape[0] // 4
+    # all 7 bars, below the label, not over it: each starts with its dark track
     track = (out == (40, 40, 40)).all(axis=2)
     rows = np.flatnonzero(track.any(axis=1))
-    assert rows.size and rows.min() > np.flatnonzero(label[:, 1:47].all(axis=1)).max()
+    assert rows.size and rows.min() > label.max()
+    starts = np.flatnonzero(np.diff(track.any(axis=1).astype(int)) == 1)
+    assert len(starts) + (track[0].any()) == 7
+    # an image large enough is annotated at its own size
+    assert draw_faces(np.zeros((300, 400, 3), np.uint8), []).shape == (300, 400, 3)
 
 
 def test_markdown_summary_counts():

@@ -203,6 +203,10 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
         with pytest.raises(ValueError, match=message):
             train(_cfg(tiny_csv, tmp_path, name=key, **{"epochs": 1, key: value}))
         assert not (tmp_path / "runs" / key).exists()  # refused before the run directory
+    for nproc in (0, -2):  # was taken as 1 without a word
+        with pytest.raises(ValueError, match=f"nproc: expected 1 or more processes, got {nproc}"):
+            train(_cfg(tiny_csv, tmp_path, name="nproc", epochs=1), nproc=nproc)
+    assert not (tmp_path / "runs" / "nproc").exists()
 
 
 def test_config_yaml_and_overrides(tmp_path):

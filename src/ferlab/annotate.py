@@ -24,16 +24,25 @@ COLORS = {
 }
 
 
+MIN_SIDE = 240  # px: the label and the 7 bars of one face fit an image this small
+
+
 def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-    """A copy of the RGB ``image`` with each face annotated."""
+    """A copy of the RGB ``image`` with each face annotated.
+
+    An image whose short side is under ``MIN_SIDE`` (a 48x48 crop, a small video) is first
+    enlarged by a whole factor, pixels repeated, so that its labels and bars are readable.
+    """
     import cv2
 
-    out = np.ascontiguousarray(image.copy())
+    h, w = image.shape[:2]
+    k = -(-MIN_SIDE // max(min(h, w), 1)) if min(h, w) < MIN_SIDE else 1
+    out = np.ascontiguousarray(image.copy() if k == 1 else image.repeat(k, 0).repeat(k, 1))
     h, w = out.shape[:2]
     scale = max(0.4, min(w, h) / 900)  # text and lines grow with the image
     thick = max(1, round(2 * scale))
     for face in faces:
-        x, y, bw, bh = face.box
+        x, y, bw, bh = (v * k for v in face.box)
         color = COLORS[face.label]
         cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick)
         text = f"{face.label} {face.confidence:.0%}"

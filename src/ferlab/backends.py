@@ -75,7 +75,8 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
                 why = _record_crash(trial, f"worker process died ({_exit(p.exitcode)})")
                 log.error("trial %s/seed%d failed: %s", trial.variant, trial.seed, why)
             finished = f"{trial.variant}/seed{trial.seed} finished"
-            _status(done, failed, len(running), total, finished, t0)
+            # the next trial starts at once: count it as running
+            _status(done, failed, min(len(running) + len(queue), workers), total, finished, t0)
 
 
 def _trial_process(run: Callable[..., Any], cfg: TrainConfig, split: str, threads: int) -> None:

@@ -133,6 +133,8 @@ def train(
     that many local processes with the same global batch (see ``ferlab.distributed``).
     """
     cfg = TrainConfig.from_dict(cfg.to_dict())  # one built in Python is checked as a file's
+    if nproc < 1:
+        raise ValueError(f"nproc: expected 1 or more processes, got {nproc}")
     if nproc > 1:
         # what can be refused is refused here, as one line, not as a traceback per process
         checked, _, _ = _prepare(cfg, resume, runtime)
