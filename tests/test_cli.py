@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,12 +14,13 @@ runner = CliRunner()
 
 
 def run_ferlab(
-    *args: str, cwd: Path | None = None, timeout: float = 300
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """The real entry point, as a user runs it."""
+    """The real entry point, as a user runs it (``env``: variables to set)."""
     exe = shutil.which("ferlab")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "ferlab", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +160,7 @@ def test_messages_and_help_keep_their_brackets(tmp_path):
     missing = tmp_path / "[seed 1]" / "none.pt"
     r = run_ferlab("evaluate", str(missing))
     assert r.returncode == 2 and f"{missing}" in r.stderr
-    r = run_ferlab("export", "--help")
+    r = run_ferlab("export", "--help", env={"COLUMNS": "200"})  # no line wrapped inside it
     assert "[default: model]" in r.stdout
 
 

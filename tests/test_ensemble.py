@@ -139,6 +139,24 @@ def test_saving_replaces_the_whole_ensemble_or_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         save_ensemble(three, tmp_path / "ens")
     assert files() == before
+    monkeypatch.undo()
+    # the manifest's write fails after the members are in place: the previous ones come back
+    from ferlab import ensemble as ensemble_module
+
+    def no_space(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ensemble_module, "atomic_write_bytes", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        save_ensemble(three, tmp_path / "ens")
+    assert files() == before and len(load_model(manifest).members) == 2
+    monkeypatch.undo()
+    # `--out runs` would have replaced the user's runs with the members
+    (tmp_path / "runs" / "trial").mkdir(parents=True)
+    (tmp_path / "runs" / "trial" / "best.pt").write_bytes(b"weights")
+    with pytest.raises(ValueError, match=r"runs: holds trial, not only ensemble members"):
+        save_ensemble(three, tmp_path / "runs")
+    assert (tmp_path / "runs" / "trial" / "best.pt").read_bytes() == b"weights"
 
 
 def test_manifest_temperatures_and_tta_are_checked_on_load(faces, tmp_path):  # noqa: F811

@@ -216,8 +216,9 @@ def test_a_box_the_height_of_the_image_keeps_its_label_and_bars_in_the_image():
     assert rows.size and rows.min() > label.max()
     starts = np.flatnonzero(np.diff(track.any(axis=1).astype(int)) == 1)
     assert len(starts) + (track[0].any()) == 7
-    # an image large enough is annotated at its own size
+    # an image large enough is annotated at its own size, and a thin one is not blown up
     assert draw_faces(np.zeros((300, 400, 3), np.uint8), []).shape == (300, 400, 3)
+    assert draw_faces(np.zeros((4, 1200, 3), np.uint8), []).shape == (12, 3600, 3)
 
 
 def test_markdown_summary_counts():

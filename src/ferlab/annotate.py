@@ -25,6 +25,7 @@ COLORS = {
 
 
 MIN_SIDE = 240  # px: the label and the 7 bars of one face fit an image this small
+MAX_SIDE = 4096  # px: enlarged no further (JPEG's limit is 65,500)
 
 
 def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -37,6 +38,7 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
 
     h, w = image.shape[:2]
     k = -(-MIN_SIDE // max(min(h, w), 1)) if min(h, w) < MIN_SIDE else 1
+    k = max(1, min(k, MAX_SIDE // max(h, w)))  # a 4x1200 banner must not become 240x72000
     out = np.ascontiguousarray(image.copy() if k == 1 else image.repeat(k, 0).repeat(k, 1))
     h, w = out.shape[:2]
     scale = max(0.4, min(w, h) / 900)  # text and lines grow with the image

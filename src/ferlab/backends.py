@@ -62,13 +62,15 @@ def run_local(todo: list[tuple[TrainConfig, Trial]], split: str, workers: int = 
     while queue or running:
         while queue and len(running) < workers:
             cfg, trial = queue.pop(0)
+            # a previous attempt's error must not pass for this one's if it dies at start
+            (trial.run_dir / "error.json").unlink(missing_ok=True)
             p = ctx.Process(target=_trial_process, args=(run_trial, cfg, split, threads))
             p.start()
             running[p.sentinel] = (p, trial)
         for sentinel in mp.connection.wait(list(running)):
             p, trial = running.pop(sentinel)
             p.join()
-            if p.exitcode == 0:
+            if p.exitcode == 0 or trial.done:  # done: it died on its way out
                 done += 1
             else:
                 failed += 1

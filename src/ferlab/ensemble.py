@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -148,15 +149,25 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
     """Write ``<stem>.json`` and the members as fp16 safetensors under ``<stem>/``.
 
     A failure leaves any previous ensemble at ``path`` as it was: every member is checked
-    first, and the members are written to a temporary sibling folder that replaces
-    ``<stem>/`` whole (so no member of an earlier, larger ensemble stays behind).
+    first, the members are written to a temporary sibling folder, and the previous
+    ``<stem>/`` is kept aside until the new manifest is written (so no member of an earlier,
+    larger ensemble stays behind). A ``<stem>/`` holding anything but members is refused.
     """
     from .export import _stem, check_exportable, export_safetensors
 
     members = [check_exportable(m, f"member {i}") for i, m in enumerate(ensemble.members)]
     folder = _stem(path)
+    out = folder.with_name(folder.name + ".json")
+    if folder.is_dir():  # `--out runs` would otherwise replace the user's runs
+        others = [f.name for f in folder.iterdir() if not MEMBER_FILE.fullmatch(f.name)]
+        if others:
+            raise ValueError(
+                f"{folder}: holds {', '.join(sorted(others)[:3])}, not only ensemble members; "
+                "choose another --out"
+            )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = tmp.with_suffix(".old")
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; outputs are meant to be shared
         entries = []
@@ -171,25 +182,24 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
         manifest = {"kind": KIND, "members": entries, "tta": ensemble.tta}
         manifest |= {**ensemble.meta, **(extra or {})}  # what it was calibrated on, and notes
         data = (json.dumps(manifest, indent=2) + "\n").encode()
-        _swap_folder(tmp, folder)
-    except BaseException:
+        if folder.is_dir():  # a folder cannot be os.replace'd over a full one
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+            atomic_write_bytes(out, data)
+        except BaseException:  # put the previous members back: its manifest names them
+            if not tmp.exists():
+                os.replace(folder, tmp)
+            if old.is_dir():
+                os.replace(old, folder)
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    out = folder.with_name(folder.name + ".json")
-    atomic_write_bytes(out, data)  # last: until then the old manifest refuses the new members
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 
-def _swap_folder(new: Path, folder: Path) -> None:
-    """Put ``new`` in the place of ``folder``: a folder cannot be os.replace'd over a full
-    one, so the old one is renamed aside first, then deleted."""
-    if not folder.is_dir():  # nothing there (a file there makes os.replace fail: kept)
-        os.replace(new, folder)
-        return
-    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
-    os.replace(folder, old / folder.name)
-    os.replace(new, folder)
-    shutil.rmtree(old, ignore_errors=True)
+MEMBER_FILE = re.compile(r"member\d+\.(json|safetensors)")
 
 
 def is_manifest(path: Path) -> bool:

@@ -318,8 +318,8 @@ def export_safetensors(
             value = half if bool(torch.isfinite(half).all()) else value.float()
         state[key] = value
     # rebuild now, so a wrong model_kwargs fails here and not when the shipped file is loaded
-    build_model(info, f"export of {classifier.name}", state)
     weights, meta = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    build_model(info, str(meta), state)
     blob = save(state, metadata={"format": "pt"})
     # two files cannot be replaced in one step: the hash lets the loader refuse a pair that a
     # kill between the two writes (or a copy from two exports) left mismatched
