@@ -35,11 +35,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"model_name", "model", "preprocess"} <= set(ckpt):
         raise ValueError(f"{path}: not a ferlab checkpoint (needs model_name, model, preprocess)")
     check_preprocess(ckpt["preprocess"], str(path))
-    check_description(ckpt, str(path))
-    return ckpt
+    return ckpt  # classes, model_name, model_kwargs: checked by build_model, which uses them
 
 
-def check_description(info: dict[str, Any], where: str) -> None:
+def _check_description(info: dict[str, Any], where: str) -> None:
     """Refuse (naming ``where``, its file) a checkpoint or export JSON whose classes,
     model_name or model_kwargs cannot describe a network: one line, not a KeyError or a
     TypeError from deep inside create_model."""
@@ -66,7 +65,7 @@ def build_model(ckpt: dict[str, Any], where: str, state: dict[str, Any] | None =
 
     Anything that does not fit is one ValueError line naming ``where``, the file.
     """
-    check_description(ckpt, where)
+    _check_description(ckpt, where)
     name, kwargs = ckpt["model_name"], ckpt.get("model_kwargs", {})
     try:
         model = create_model(name, num_classes=len(ckpt["classes"]), **kwargs)

@@ -59,14 +59,11 @@ def _describe(classifier: Classifier) -> dict:
     from . import __version__  # lazy: the package __init__ may import this module
 
     meta = classifier.meta
-    preprocess = dict(classifier.preprocess)
-    if preprocess["normalize"] == "standardize":  # a NumPy mean, say: JSON holds Python floats
-        preprocess["mean"], preprocess["std"] = float(preprocess["mean"]), float(preprocess["std"])
     info = {
         "model_name": classifier.name,
         "model_kwargs": {},
         "classes": list(classifier.classes),
-        "preprocess": preprocess,
+        "preprocess": dict(classifier.preprocess),
         "ferlab_version": __version__,
     }
     info.update({k: meta[k] for k in TRAINING_KEYS if k in meta})
@@ -86,10 +83,11 @@ def _json(value: object, where: str, **kw) -> str:
 
 
 def _plain(value: object) -> object:
-    """What JSON cannot hold but a user's --info YAML (dates) or NumPy (scalars) gives."""
+    """What JSON cannot hold but a user's --info YAML (dates), NumPy or torch (scalars, a
+    standardize mean, say) gives."""
     if isinstance(value, datetime.date):  # datetime too
         return value.isoformat()
-    if isinstance(value, np.generic):
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON")
 
