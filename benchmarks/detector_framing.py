@@ -21,7 +21,17 @@ from ferlab import faces
 from ferlab.config import DEFAULT_DATA
 from ferlab.data import load_fer2013_csv
 
-S, P = 192, 48
+S, P = 192, 48  # FER faces upscaled to S px, then padded with P px of edge pixels
+
+
+def padded(images) -> list[np.ndarray]:
+    """48x48 faces as a detector sees them here (also edge_crops.py and haar_params.py)."""
+    return [
+        cv2.copyMakeBorder(
+            cv2.resize(f, (S, S), interpolation=cv2.INTER_CUBIC), P, P, P, P, cv2.BORDER_REPLICATE
+        )
+        for f in images
+    ]
 
 
 def main() -> None:
@@ -35,13 +45,7 @@ def main() -> None:
         faces.DLIB_SCALE, faces.DLIB_SHIFT = 1.0, 0.0
     d = load_fer2013_csv(args.data)
     idx = np.flatnonzero(d.usage == "Training")
-    sample = d.images[np.random.default_rng(0).choice(idx, 400, replace=False)]
-    imgs = [
-        cv2.copyMakeBorder(
-            cv2.resize(f, (S, S), interpolation=cv2.INTER_CUBIC), P, P, P, P, cv2.BORDER_REPLICATE
-        )
-        for f in sample
-    ]
+    imgs = padded(d.images[np.random.default_rng(0).choice(idx, 400, replace=False)])
     res = {}
     for name in args.detectors:
         det, rows = faces.create_detector(name), []

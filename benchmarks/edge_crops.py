@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import numpy as np
 
 import ferlab
+from detector_framing import P, S, padded  # run from benchmarks/: the same framing
 from ferlab import faces
 from ferlab.config import DEFAULT_DATA
 from ferlab.data import load_fer2013_csv
-
-S, P = 192, 48
 
 
 def _centre(box: faces.Box) -> np.ndarray:
@@ -43,15 +41,8 @@ def main() -> None:
     pick = np.random.default_rng(0).choice(idx, min(args.faces, len(idx)), replace=False)
     model, det = ferlab.load_model(), faces.create_detector(args.detector)
     margin = faces.crop_margin(args.detector)
-    padded = [
-        cv2.copyMakeBorder(
-            cv2.resize(d.images[i], (S, S), interpolation=cv2.INTER_CUBIC),
-            *(P,) * 4,
-            cv2.BORDER_REPLICATE,
-        )
-        for i in pick
-    ]
-    found = [det.detect(im) for im in padded]
+    framed = padded(d.images[pick])
+    found = [det.detect(im) for im in framed]
     print(
         "| cut | faces found | boxes past the edge | centre offset, as detected | clipped "
         "| accuracy, as detected | clipped | uncut image |\n|---|---|---|---|---|---|---|---|"
@@ -60,7 +51,7 @@ def main() -> None:
         # cut 0 takes the padding off all four sides; otherwise only the left side is cut
         top, left = (P, P) if cut == 0 else (0, P + round(cut * S))
         rows, n = [], 0
-        for im, ref, label in zip(padded, found, d.labels[pick], strict=True):
+        for im, ref, label in zip(framed, found, d.labels[pick], strict=True):
             part = im[P : P + S, P : P + S] if cut == 0 else im[:, left:]
             part = np.ascontiguousarray(part)
             boxes = det.detect(part)

@@ -30,11 +30,11 @@ import cv2
 import numpy as np
 from skimage import data
 
+from detector_framing import padded  # run from benchmarks/: the same framing
 from ferlab import faces
 from ferlab.config import DEFAULT_DATA
 from ferlab.data import load_fer2013_csv
 
-S, P = 192, 48  # FER faces as in detector_framing.py
 HEAD = np.s_[10:230, 110:340]  # astronaut head, 220x230, as in tests/test_faces.py
 FACE = (70, 55, 90, 100)  # her face inside HEAD: hairline to chin, ear to ear
 SIZES = (320, 400, 512, 640, 768, 1024)
@@ -108,13 +108,8 @@ def main() -> None:
     start = time.perf_counter()
     d = load_fer2013_csv(args.data)
     idx = np.flatnonzero(d.usage == "Training")
-    fer = [
-        cv2.copyMakeBorder(
-            cv2.resize(f, (S, S), interpolation=cv2.INTER_CUBIC), P, P, P, P, cv2.BORDER_REPLICATE
-        )
-        # the first faces of detector_framing.py's draw of 400
-        for f in d.images[np.random.default_rng(0).choice(idx, 400, replace=False)[: args.faces]]
-    ]
+    # the first faces of detector_framing.py's draw of 400
+    fer = padded(d.images[np.random.default_rng(0).choice(idx, 400, replace=False)[: args.faces]])
     flat = [pasted(s, bg) for bg in (90, 200) for s in args.canvases]
     astronaut = [resized(data.astronaut(), s) for s in SIZES]
     photos = {name: getattr(data, name)() for name in PHOTOS}
