@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def test_bad_manifests_fail_with_the_file_named(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"x\.json: not found"):
         load_model(bad)
+    for outside in ("../x.json", str(tmp_path / "x.json")):
+        bad.write_text(json.dumps({"members": [{"file": outside, "temperature": 1}]}))
+        with pytest.raises(ValueError, match=r"e\.json: member file .* must lie in the manifest"):
+            load_ensemble(bad)
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble([])
     bad.write_text("{not json")  # load_ensemble directly: load_model reads it as an export
@@ -305,3 +310,14 @@ def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out
     members[1].meta["config"] = {"data": data, "split": "stratified", "seed": 4}
     with pytest.raises(ValueError, match="members were trained on different splits"):
         build_ensemble(members, data, "PublicTest")
+
+
+def test_the_shipped_ensemble_names_each_members_hash():
+    """A member replaced without refitting the temperatures is refused on load (the shipped
+    manifest once had no hashes, so nothing was checked)."""
+    from ferlab.classifier import WEIGHTS
+
+    manifest = WEIGHTS / "ensemble.json"
+    members = json.loads(manifest.read_text())["members"]
+    for m in members:
+        assert hashlib.sha256((WEIGHTS / m["file"]).read_bytes()).hexdigest() == m["sha256"]

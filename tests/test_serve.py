@@ -180,6 +180,19 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         assert c.get("/healthz").status_code == 200
 
 
+def test_with_a_key_readyz_keeps_the_load_error_for_key_holders(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with TestClient(create_app(broken, api_key="k")) as c:
+        for _ in range(100):
+            if "failed" in c.get("/readyz").text:
+                break
+            time.sleep(0.05)
+        public = error(c.get("/readyz"), 503)  # probes need no key; server paths stay private
+        assert public.startswith("the model failed to load") and "broken.pt" not in public
+        assert "broken.pt" in error(c.get("/v1/models", headers={"X-API-Key": "k"}), 503)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -190,6 +203,8 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         # with workers, a bad limit used to pass here and crash every worker in a restart loop
         ({"model": "default", "max_batch": 0}, "max_batch must be a whole number at least 1"),
         ({"model": "default", "max_batch": 2.5}, "max_batch must be a whole number at least 1"),
+        ({"detect_threads": 1.5}, "detect_threads must be a whole number at least 1, got 1.5"),
+        ({"max_images": 2.5}, "max_images must be a whole number at least 1, got 2.5"),
         ({"model": "default", "batch_wait_ms": -1}, "batch_wait_ms must be at least 0, got -1"),
         ({"model": "default", "max_upload_mb": 0}, "max_upload_mb must be above 0, got 0"),
         ({"model": "default", "timeout_s": float("nan")}, "timeout_s must be above 0, got nan"),

@@ -230,6 +230,10 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
         need = "each member needs 'file' and a numeric 'temperature'"
         raise ValueError(f"{path}: {need} ({type(e).__name__}: {e})") from None
     for f, m in zip(files, members, strict=True):
+        if Path(m["file"]).is_absolute() or ".." in Path(m["file"]).parts:
+            # save_ensemble writes members beside the manifest; a manifest from elsewhere
+            # must not make its reader open files anywhere on the machine
+            raise ValueError(f"{path}: member file {m['file']!r} must lie in the manifest's folder")
         digest = m.get("sha256")  # manifests saved before the hash was written have none
         if digest and f.is_file() and hashlib.sha256(f.read_bytes()).hexdigest() != digest:
             raise ValueError(f"{path}: {f.name} is not the member it was calibrated with")

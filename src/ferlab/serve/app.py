@@ -120,7 +120,7 @@ def create_app(
     )
     app.state.service = svc
     _error_handlers(app)
-    _routes(app, svc)
+    _routes(app, svc, api_key)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     routes = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(
@@ -129,7 +129,7 @@ def create_app(
     return app
 
 
-def _routes(app: FastAPI, svc: Service) -> None:
+def _routes(app: FastAPI, svc: Service, api_key: str | None) -> None:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -140,8 +140,10 @@ def _routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/readyz", summary="The model is loaded (503 before)")
     async def readyz() -> JSONResponse:
-        if svc.model is None:
-            return JSONResponse({"error": _not_ready(svc)}, 503)
+        if svc.model is None:  # open to probes: the load error's paths only behind the key
+            public = not api_key or not svc.load_error
+            message = _not_ready(svc) if public else _FAILED + " (details at /v1/models)"
+            return JSONResponse({"error": message}, 503)
         return JSONResponse({"status": "ready", "model": svc.model.name})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
@@ -222,9 +224,12 @@ def _failed(name: str | None) -> dict[str, Any]:
     return {"path": name, "faces": []}
 
 
+_FAILED = "the model failed to load"
+
+
 def _not_ready(svc: Service) -> str:
     if svc.load_error:
-        return f"the model failed to load: {svc.load_error}"
+        return f"{_FAILED}: {svc.load_error}"
     return "the model is still loading; retry shortly"
 
 

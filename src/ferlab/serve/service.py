@@ -70,16 +70,18 @@ def body_bytes(images: int, max_bytes: int) -> int:
     return images * max_bytes * 4 // 3 + 65536
 
 
+_WHOLE = ((lambda v: (as_whole(v) or 0) >= 1), "a whole number at least 1")
+
 # each numeric setting's test (NaN fails all) and what the error says it expects
 _LIMITS = {
     "batch_wait_ms": at_least(0),
-    "max_batch": ((lambda v: (as_whole(v) or 0) >= 1), "a whole number at least 1"),
+    "max_batch": _WHOLE,
     "max_upload_mb": POSITIVE,
     "max_pixels": at_least(1),
-    "max_images": at_least(1),
+    "max_images": _WHOLE,
     "max_pending_mb": POSITIVE,
     "timeout_s": POSITIVE,
-    "detect_threads": at_least(1),
+    "detect_threads": _WHOLE,
 }
 
 
