@@ -3,14 +3,16 @@
     python benchmarks/infer_speed.py                      # the shipped model
     python benchmarks/infer_speed.py --model runs/x/best.pt --seconds 5
 
-Classification: PyTorch (eager, fp32) and ONNX Runtime, batch 1 and 64, on random faces
-(speed does not depend on content). End to end: read nothing, detect + crop + classify a
-512x512 real photo (scikit-image's astronaut) with each detector that is installed.
+Classification: PyTorch (eager, fp32; channels_last as shipped, and NCHW) and ONNX Runtime,
+batch 1 and 64, on random faces (speed does not depend on content). End to end: read
+nothing, detect + crop + classify a 512x512 real photo (scikit-image's astronaut) with each
+detector that is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import tempfile
 import time
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from ferlab import load_model
+from ferlab.evaluate import predict_logits
 from ferlab.export import export_onnx
 from ferlab.faces import create_detector, list_detectors
 from ferlab.media import demo_image
@@ -38,6 +41,18 @@ def rate(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
     return n / (time.perf_counter() - t0), n
 
 
+class Contiguous:
+    """``clf`` in the default NCHW layout: what the classifier's channels_last saves."""
+
+    def __init__(self, clf):
+        self.clf = clf
+        self.model = copy.deepcopy(clf.model).to(memory_format=torch.contiguous_format)
+
+    def predict_proba(self, faces: np.ndarray, batch_size: int) -> torch.Tensor:
+        x = torch.from_numpy(faces)
+        return predict_logits(self.model, x, self.clf.preprocess, "cpu", batch_size).softmax(1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="model path or shipped name [default: shipped]")
@@ -49,7 +64,7 @@ def main() -> None:
         runtimes = [("ONNX Runtime", clf)]
     else:
         onnx = load_onnx(export_onnx(clf, Path(tempfile.mkdtemp()) / "m.onnx"))
-        runtimes = [("PyTorch", clf), ("ONNX Runtime", onnx)]
+        runtimes = [("PyTorch", clf), ("PyTorch, NCHW", Contiguous(clf)), ("ONNX Runtime", onnx)]
     print(
         f"model {clf.name} ({args.model or 'shipped default'}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), {platform.machine()}, "

@@ -48,7 +48,7 @@ class Classifier:
         device: str = "cpu",
     ):
         self.device = torch.device(device)
-        # channels_last: 1.5x faster convolutions on CPU (benchmarks/infer_speed.py)
+        # channels_last: 1.4-1.6x faster on CPU (benchmarks/infer_speed.py, its NCHW row)
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.preprocess = check_preprocess(preprocess)
         self.classes = tuple(classes)
