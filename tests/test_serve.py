@@ -160,8 +160,8 @@ def test_ready_only_once_the_model_is_loaded(tiny_model, monkeypatch):
     monkeypatch.setattr(service, "load_for_serving", slow_load)
     with TestClient(create_app("default")) as c:
         assert c.get("/healthz").status_code == 200
-        assert "loading" in error(c.get("/readyz"), 503)
-        assert "loading" in error(c.post("/v1/predict", json={"image": ""}), 503)
+        for r in (c.get("/readyz"), c.post("/v1/predict", json={"image": ""})):
+            assert "loading" in error(r, 503) and r.headers["retry-after"] == "2"  # the page polls
         assert "ferlab_model_ready 0" in c.get("/metrics").text
         release.set()
         wait_ready(c, 5)
@@ -176,7 +176,8 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
             if "failed" in c.get("/readyz").text:
                 break
             time.sleep(0.05)
-        assert "broken.pt" in error(c.get("/readyz"), 503)
+        r = c.get("/readyz")
+        assert "broken.pt" in error(r, 503) and "retry-after" not in r.headers  # stays failed
         assert c.get("/healthz").status_code == 200
 
 

@@ -143,7 +143,7 @@ def _routes(app: FastAPI, svc: Service, api_key: str | None) -> None:
         if svc.model is None:  # open to probes: the load error's paths only behind the key
             public = not api_key or not svc.load_error
             message = _not_ready(svc) if public else _FAILED + " (details at /v1/models)"
-            return JSONResponse({"error": message}, 503)
+            return JSONResponse({"error": message}, 503, headers=_retry(svc))
         return JSONResponse({"status": "ready", "model": svc.model.name})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
@@ -233,9 +233,14 @@ def _not_ready(svc: Service) -> str:
     return "the model is still loading; retry shortly"
 
 
+def _retry(svc: Service) -> dict[str, str] | None:
+    """While the model loads, 503s say when to ask again (a load error stays: no header)."""
+    return None if svc.load_error else {"Retry-After": "2"}
+
+
 def _require_ready(svc: Service) -> None:
     if svc.model is None:
-        raise ApiError(503, _not_ready(svc))
+        raise ApiError(503, _not_ready(svc), _retry(svc))
 
 
 def _key_check(api_key: str | None):
@@ -267,7 +272,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return JSONResponse({"error": exc.message}, exc.status)
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

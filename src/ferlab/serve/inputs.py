@@ -29,10 +29,11 @@ from ..media import TooManyPixels, limited_rgb
 class ApiError(Exception):
     """An error answered as ``{"error": message}`` with an HTTP status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class _InMemoryParser(MultiPartParser):

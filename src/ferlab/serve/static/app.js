@@ -32,7 +32,11 @@ async function api(path, options = {}) {
     els.key.focus();
     throw new Error("This server needs an API key: enter it at the top of the page.");
   }
-  if (!res.ok) throw new Error(`${res.status}: ${body.error || res.statusText}`);
+  if (!res.ok) {
+    const error = new Error(`${res.status}: ${body.error || res.statusText}`);
+    error.retryAfter = Number(res.headers.get("Retry-After")) || 0;  // the model is loading
+    throw error;
+  }
   return body;
 }
 
@@ -55,9 +59,8 @@ async function loadModelInfo() {
     }));
     drawLegend();
   } catch (e) {
-    // the server's 503s say "the model is still loading" or "the model failed to load: ..."
-    // (serve/app.py _not_ready): poll for the first, a failure stays failed
-    if (String(e.message).startsWith("503: the model is still loading")) setTimeout(loadModelInfo, 2000);
+    // a loading model's 503 carries Retry-After: ask again then; a failed load stays failed
+    if (e.retryAfter) setTimeout(loadModelInfo, e.retryAfter * 1000);
     else setStatus(e.message, "error");
   }
 }
