@@ -374,7 +374,8 @@ def test_onnx_metadata_is_checked_on_load(ort, tmp_path):
     good = export_onnx(small_classifier(), tmp_path / "m.onnx")
     for key, value, message in [
         ("classes", "angry,happy", "metadata classes: expected JSON"),
-        ("classes", '{"a": 1}', "metadata classes: expected a list of names"),
+        ("classes", '{"a": 1}', "metadata classes: expected a non-empty list of names"),
+        ("classes", "[]", "metadata classes: expected a non-empty list of names, got \\[\\]"),
         ("classes", '["a", "b"]', r"metadata classes: expected 7 names .*got 2"),
         ("model_kwargs", "nope", "metadata model_kwargs: expected JSON"),
         ("preprocess", '{"normalize": "minmaxx"}', "metadata: preprocess normalize: expected"),

@@ -91,9 +91,9 @@ def _parse(text: str, where: str, key: str) -> Any:
 def _check_classes(classes: Any, session: Any, where: str) -> tuple[str, ...]:
     """The metadata's class names, as many as the graph's outputs when that is fixed: a
     mismatch would otherwise load and fail with a broadcast error at the first prediction."""
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(
-            f"{where}: metadata classes: expected a list of names, got {classes!r:.80}"
+            f"{where}: metadata classes: expected a non-empty list of names, got {classes!r:.80}"
         )
     shape = next((o.shape for o in session.get_outputs() if o.name == "probs"), None)
     width = shape[-1] if shape else None  # a str (a named axis) when not fixed
