@@ -13,6 +13,7 @@ floating-point sums. Only rank 0 writes files; checkpoints keep every rank's RNG
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -73,9 +74,19 @@ def rank_seed(seed: int, d: Dist) -> int:
     return seed + 1_000_003 * (d.rank + 1)
 
 
-def close(d: Dist) -> None:
-    if d.active and dist.is_initialized():
-        dist.destroy_process_group()
+def close(d: Dist, finished: bool) -> None:
+    """Leave the process group. ``finished``: every rank got here normally, so they leave
+    together (a barrier); after a failure the others may be gone and would never meet it."""
+    if not (d.active and dist.is_initialized()):
+        return
+    # CI once saw rank 1 die of SIGABRT ("terminate called without an active exception") at
+    # the end of a run, tearing gloo down while rank 0 still wrote its files. The usual
+    # cures: leave together, and free what may still hold the group (DDP's reducer, in
+    # reference cycles) now rather than during interpreter shutdown.
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:

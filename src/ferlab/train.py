@@ -148,6 +148,7 @@ def train(
     cfg, run_dir, ckpt = _prepare(cfg, resume, runtime)
     device = resolve_device(cfg.device)
     d = distributed.init(device)  # on a GPU it also makes cuda:LOCAL_RANK current
+    finished = False
     try:
         if d.active:
             if device.type == "cuda":
@@ -156,8 +157,9 @@ def train(
         if cfg.threads > 0 or d.active:
             torch.set_num_threads(cfg.threads or distributed.threads_per_worker(d.local_world))
         _fit(cfg, run_dir, ckpt, device, d)
+        finished = True
     finally:
-        distributed.close(d)
+        distributed.close(d, finished)
     return run_dir
 
 
