@@ -360,10 +360,11 @@ def test_numpy_preprocess_values_export_as_numbers(ort, tmp_path):
         export_safetensors(clf, tmp_path / "n", extra={"when": object()})
     assert not list(tmp_path.glob("n.*"))
     # what a user's --info YAML holds besides strings and numbers: dates, as ISO text
-    _, meta = export_safetensors(
-        clf, tmp_path / "d", extra={"trained": datetime.date(2026, 11, 30)}
-    )
-    assert json.loads(meta.read_text())["trained"] == "2026-11-30"
+    # ...and what the Python API passes: paths, as text
+    extra = {"trained": datetime.date(2026, 11, 30), "data": Path("data/faces")}
+    _, meta = export_safetensors(clf, tmp_path / "d", extra=extra)
+    saved = json.loads(meta.read_text())
+    assert (saved["trained"], saved["data"]) == ("2026-11-30", "data/faces")
 
 
 def test_onnx_metadata_is_checked_on_load(ort, tmp_path):

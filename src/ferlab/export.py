@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -84,9 +84,11 @@ def _json(value: object, where: str, **kw) -> str:
 
 def _plain(value: object) -> object:
     """What JSON cannot hold but a user's --info YAML (dates), NumPy or torch (scalars, a
-    standardize mean, say) gives."""
+    standardize mean, say) or the Python API (a path to the training data) gives."""
     if isinstance(value, datetime.date):  # datetime too
         return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
     if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON")
