@@ -228,6 +228,14 @@ def test_folder_images_are_upright_and_16_bit_is_scaled_not_clipped(tmp_path):
     Image.fromarray(half).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
     got = read_image(tmp_path / "sideways.jpg").astype(int)
     assert got[:20].mean() < 20 and got[28:].mean() > 235
+    # Pillow turns a TIFF upright itself as it loads it: it was turned a second time
+    Image.fromarray(half).save(tmp_path / "sideways.tif", exif=exif)
+    got = read_image(tmp_path / "sideways.tif").astype(int)
+    assert got[:20].mean() < 20 and got[28:].mean() > 235
+    # float images hold 0..1: they came out black
+    Image.fromarray(ramp[:, :48].astype(np.float32) / 65535).save(tmp_path / "ramp01.tif")
+    got = read_image(tmp_path / "ramp01.tif")
+    np.testing.assert_allclose(got[0], np.round(ramp[0] / 257), atol=1)
 
 
 def test_a_badly_typed_exif_tag_does_not_stop_the_photo_being_turned_upright(tmp_path):

@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -334,6 +335,20 @@ def test_cli_predict_twice_into_its_input_folder_reads_only_the_inputs(
     # X.jpg and x.png: one file on a case-insensitive disk if both were annotated/x.jpg
     annotated = sorted(p.name for p in (photos / "res" / "annotated").iterdir())
     assert annotated == ["X.jpg", "x_2.jpg"]
+    # --out the input folder itself: its annotated copies, video and timeline were read
+    # back as inputs; hidden files (macOS's ._X.jpg, .thumbnails/) were errors or duplicates
+    shutil.rmtree(photos / "res")
+    (photos / "._X.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    (photos / ".thumbnails").mkdir()
+    Image.fromarray(astronaut[:100, :100]).save(photos / ".thumbnails" / "X.jpg")
+    for _ in range(2):
+        r = CliRunner().invoke(
+            app, ["predict", str(photos), "--model", str(weights), "--out", str(photos)]
+        )
+        assert r.exit_code == 0, r.output
+        records = json.loads((photos / "predictions.json").read_text())
+        assert sorted({d["path"] for d in records}) == inputs and len(records) == 2 + 3
+    assert (photos / "clip_annotated.mp4").is_file() and (photos / "clip_timeline.png").is_file()
 
 
 def test_cli_video_every_format(tmp_path, astronaut, tiny_model):
@@ -476,3 +491,42 @@ def test_pending_images_are_bounded_in_bytes(tiny_model, photo_dir, monkeypatch)
     monkeypatch.setattr(ferlab.predict, "MAX_PENDING_BYTES", 1)
     assert len(list(Predictor(Counting())(photo_dir))) == 3
     assert calls == [1, 1]  # flushed after each image; the faceless one needs no call
+
+
+def test_outputs_survive_odd_names_sizes_and_frame_rates(tiny_model, tmp_path, astronaut):
+    """A Latin-1 file name cost the CSV and Markdown (UTF-8 cannot encode it); a panorama
+    past JPEG's 65,500 px and a video header's 90,000 fps stopped the whole run."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    latin1 = photos / "caf\udce9.jpg"  # bytes b"caf\xe9.jpg" on disk, as Python sees them
+    Image.fromarray(astronaut).save(latin1)
+    wide = Prediction("wide.png", None, np.zeros((8, 66_000, 3), np.uint8))
+    fast = Prediction("fast.mp4", 0, astronaut[:64, :64], time=0.0, fps=90_000.0)
+    preds = [*Predictor(tiny_model)(photos), wide, fast]
+    records, _ = write_predictions(preds, tmp_path / "out")
+    assert len(records) == 3 and not any(r.get("error") for r in records)
+    text = (tmp_path / "out" / "predictions.csv").read_text()
+    assert "caf\\udce9.jpg" in text  # a visible escape, in a file that stays UTF-8
+    assert Image.open(tmp_path / "out" / "annotated" / "wide.jpg").size == (65_500, 8)
+    assert (tmp_path / "out" / "fast_annotated.mp4").stat().st_size > 0
+
+
+def test_a_crowd_is_classified_in_batches_of_batch_size(tiny_model, tmp_path, astronaut):
+    """A group photo sent all its faces to the model in one call, whatever --batch-size."""
+    sizes = []
+
+    class Recording:
+        classes, name = tiny_model.classes, tiny_model.name
+
+        def predict_proba(self, faces, batch_size=256, tta=None):
+            sizes.append(batch_size)
+            return tiny_model.predict_proba(faces, batch_size, tta)
+
+    class Crowd:
+        name = "crowd"
+
+        def detect(self, image):
+            return [(10 * i, 10, 40, 40) for i in range(5)]
+
+    (pred,) = Predictor(Recording(), detector=Crowd(), batch_size=2)(astronaut)
+    assert len(pred.faces) == 5 and sizes == [2]

@@ -246,13 +246,17 @@ def upright_8bit(im: Image.Image) -> Image.Image:
     """``im`` turned upright by its EXIF orientation, 16-bit and float images rescaled to
     8 bits: PIL's own ``convert("L")`` or ``("RGB")`` clips them, turning a 16-bit photo white.
     Every decoder (datasets, ``predict``, the server) goes through here."""
+    im.load()  # Pillow turns a TIFF upright as it loads it, and drops its tag: not twice
     turn = _ORIENTATION.get(_orientation(im))
     if turn is not None:
         im = im.transpose(turn)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         x = np.asarray(im, dtype=np.float64).clip(0)
         peak = float(x.max()) if x.size else 0.0
-        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+        if im.mode == "F" and peak <= 1.0:  # float images are mostly 0..1
+            top = 1.0
+        else:
+            top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
         return Image.fromarray(np.round(x * (255.0 / top)).astype(np.uint8))
     return im
 

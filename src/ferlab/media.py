@@ -63,15 +63,31 @@ def demo_image() -> np.ndarray:
 
 
 def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Images and videos under ``folder``, recursively, in sorted order, but none under
-    ``skip``: a run's output folder inside its input folder holds annotated images and
-    videos that a second run must not take for inputs. Unless ``skip`` is ``folder`` or
-    holds it: then it would skip every file the run was asked to read."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FILE_KINDS)
-    if skip is None or folder.resolve().is_relative_to(skip.resolve()):
+    """Images and videos under ``folder``, recursively, in sorted order, but no hidden ones
+    (macOS's ``._x.jpg``, ``.thumbnails/``) and none under ``skip``: a run's output folder
+    inside its input folder holds annotated images and videos that a second run must not
+    take for inputs. When ``skip`` is ``folder`` or holds it, only what a run writes there
+    is skipped (``annotated/``, ``*_annotated.mp4``, ``*_timeline.png``)."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in FILE_KINDS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+    if skip is None:
         return files
     skip = skip.resolve()
-    return [p for p in files if not p.resolve().is_relative_to(skip)]
+    if not folder.resolve().is_relative_to(skip):
+        return [p for p in files if not p.resolve().is_relative_to(skip)]
+    return [p for p in files if not _run_output(p.resolve().relative_to(skip))]
+
+
+def _run_output(relative: Path) -> bool:
+    """Is ``relative`` (to an output folder) a file that ``predict --out`` writes there?"""
+    if len(relative.parts) > 1:
+        return relative.parts[0] == "annotated"
+    return relative.name.endswith(("_annotated.mp4", "_timeline.png"))
 
 
 def iter_sources(source: Any, skip: Path | None = None) -> Iterator[np.ndarray | Path]:

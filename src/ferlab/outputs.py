@@ -163,7 +163,9 @@ class OutputNames:
 
 
 def write_text(path: Path, text: str) -> Path:
-    atomic_write_bytes(path, text.encode())
+    # a file name that is not UTF-8 (caf\xe9.jpg from a Latin-1 disk) reaches Python as a
+    # lone surrogate, which UTF-8 cannot encode: written as a visible \udce9 escape instead
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 
@@ -192,7 +194,8 @@ def write_predictions(
             if pred.frame is not None:
                 video = pred.path or "video"
                 final = out / f"{name(video)}_annotated.mp4"
-                sink.write(video, final, pred.plot(), pred.fps or 10.0)
+                # a broken header's 90,000 fps: OpenCV refuses to write 65,536 and above
+                sink.write(video, final, pred.plot(), min(pred.fps or 10.0, 1000.0))
             else:
                 sink.finish()  # the video before this image is complete
                 files.append(pred.save(out / "annotated" / f"{name(pred.path)}.jpg"))
@@ -203,8 +206,12 @@ def write_predictions(
             write_text(out / f"predictions.partial.{fmt}", FORMATS[fmt](records))
         raise
     # the predictions first: a video that fails to finish must not cost the run's results
-    for fmt in formats:
-        files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
+    try:
+        for fmt in formats:
+            files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
+    except BaseException:
+        sink.close(ok=False)
+        raise
     for fmt in FORMATS:  # an earlier stopped run's: this run's results replace them
         (out / f"predictions.partial.{fmt}").unlink(missing_ok=True)
     files += sink.close()

@@ -59,6 +59,9 @@ class Face:
         }
 
 
+JPEG_MAX_SIDE = 65_500
+
+
 @dataclass
 class Prediction:
     path: str | None
@@ -93,7 +96,13 @@ class Prediction:
         path = Path(path)
         buf = io.BytesIO()
         fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-        Image.fromarray(self.plot()).save(buf, format=fmt, quality=92)
+        im = Image.fromarray(self.plot())
+        if fmt == "JPEG":  # a 66,000-px panorama: shrunk to JPEG's largest side
+            im.thumbnail((JPEG_MAX_SIDE, JPEG_MAX_SIDE))
+        try:
+            im.save(buf, format=fmt, quality=92)
+        except (OSError, ValueError) as e:
+            raise OSError(f"{path}: cannot write the annotated image ({e})") from None
         atomic_write_bytes(path, buf.getvalue())
         return path
 
@@ -244,7 +253,7 @@ class Predictor:
             return
         crops = np.concatenate([c for _, _, c in pending])
         probs = (
-            self.model.predict_proba(crops, batch_size=max(len(crops), 1), tta=self.tta)
+            self.model.predict_proba(crops, batch_size=self.batch_size, tta=self.tta)
             if len(crops)
             else np.zeros((0, len(EMOTIONS)), np.float32)
         )
