@@ -43,7 +43,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     r = run_ferlab("data", "info", str(bad))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-    assert f"{bad}, row 2: 'emotion' is '7', expected 0..6" in r.stderr
+    assert f"{bad}, line 2: 'emotion' is '7', expected 0..6" in r.stderr
 
 
 def test_python_dash_m_and_models():

@@ -82,18 +82,20 @@ def test_real_csv_counts_and_second_load_from_the_cache(monkeypatch):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ('9,"{px}",Training', "row 2: 'emotion' is '9', expected 0..6"),
-        ('x,"{px}",Training', "row 2: 'emotion' is 'x'"),
-        ('1,"1 2 3",Training', "row 2: 'pixels' has 3 values, expected 2304"),
-        ('1,"{bad}",Training', "row 2: 'pixels' has values outside 0..255"),
-        ('1,"{nan}",Training', "row 2: 'pixels' must be 2304 integers"),
-        ('1,"{huge}",Training', "row 2: 'pixels' must be 2304 integers"),  # past int64
-        ('1,"{px}",Validation', "row 2: 'Usage' is 'Validation', expected one of Training"),
+        ('9,"{px}",Training', "line 2: 'emotion' is '9', expected 0..6"),
+        ('x,"{px}",Training', "line 2: 'emotion' is 'x'"),
+        ('1,"1 2 3",Training', "line 2: 'pixels' has 3 values, expected 2304"),
+        ('1,"{bad}",Training', "line 2: 'pixels' has values outside 0..255"),
+        ('1,"{nan}",Training', "line 2: 'pixels' must be 2304 integers"),
+        ('1,"{huge}",Training', "line 2: 'pixels' must be 2304 integers"),  # past int64
+        ('1,"{px}",Validation', "line 2: 'Usage' is 'Validation', expected one of Training"),
         # a row without a Usage among rows with one would belong to no official split
-        ('1,"{px}",Training\n1,"{px}",', "row 3: 'Usage' is empty, expected one of Training"),
+        ('1,"{px}",Training\n1,"{px}",', "line 3: 'Usage' is empty, expected one of Training"),
+        # blank lines are not rows: the message names the file's line
+        ('1,"{px}",Training\n\n\n9,"{px}",Training', "line 5: 'emotion' is '9'"),
     ],
 )
-def test_bad_rows_name_file_and_row(tmp_path, line, message):
+def test_bad_rows_name_file_and_line(tmp_path, line, message):
     px = " ".join(["7"] * 2304)
     bad = " ".join(["7"] * 2303 + ["256"])
     nan = " ".join(["7"] * 2303 + ["x"])
@@ -111,6 +113,9 @@ def test_missing_column(tmp_path):
     path.write_text("label,pixels\n1,2\n")
     with pytest.raises(DataError, match=r"missing column.*emotion"):
         load_dataset(path)
+    # Excel's UTF-8 byte-order mark is not part of the first column's name
+    path.write_text('\ufeffemotion,pixels,Usage\n3,"' + " ".join(["7"] * 2304) + '",Training\n')
+    assert load_dataset(path).labels.tolist() == [3]
 
 
 def test_per_image_release_usage_from_prefix(tmp_path):
@@ -209,6 +214,25 @@ def test_image_folder_is_cached_and_invalidated(tmp_path, monkeypatch):
     save_image(path, np.full((48, 48), 99, np.uint8))  # new pixels, new size/mtime
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert sorted(int(im.mean()) for im in load_dataset(root).images) == [20, 99]
+    # relabelled by moving a symlink: same target, size and mtime, so the old label came back
+    links = tmp_path / "links"
+    (links / "happy").mkdir(parents=True)
+    (links / "sad").mkdir()
+    (links / "happy" / "a.png").symlink_to(path)
+    (links / "sad" / "b.png").symlink_to(root / "sad" / "b.png")
+    assert load_dataset(links).labels.tolist() == [3, 4]
+    (links / "happy" / "a.png").rename(links / "sad" / "a.png")
+    assert load_dataset(links).labels.tolist() == [4, 4]
+
+
+def test_hidden_files_in_class_folders_are_not_faces(tmp_path):
+    root = tmp_path / "faces"
+    save_image(root / "happy" / "a.png", np.full((48, 48), 10, np.uint8))
+    (root / "happy" / "._a.png").write_bytes(b"\0\5\26\7 AppleDouble")  # stopped the load
+    save_image(
+        root / "happy" / ".ipynb_checkpoints" / "a-checkpoint.png", np.zeros((48, 48), np.uint8)
+    )
+    assert load_dataset(root).labels.tolist() == [3]
 
 
 def test_folder_images_are_upright_and_16_bit_is_scaled_not_clipped(tmp_path):

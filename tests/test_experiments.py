@@ -152,9 +152,14 @@ def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch, ca
     assert "[4 done, 2 failed, 0 running, 0 left, suite ETA 0 min] finished" in caplog.text
     err = json.loads((tmp_path / "exp/tiny/broken/seed0/error.json").read_text())
     assert "no.pth: pretrained weights not found" in err["error"]
+    seed1 = tmp_path / "exp/tiny/broken/seed1/error.json"  # as a worker's traceback reads
+    seed1.write_text(json.dumps({**err, "error": "Traceback:\n  line two | x\nValueError: y"}))
     build_report(tmp_path / "exp" / "tiny", baseline="base")
     md = (tmp_path / "exp/tiny/report.md").read_text()
-    assert "## Failed trials" in md and "broken/seed1" in md
+    assert (
+        "## Failed trials" in md
+        and "| broken/seed1 | Traceback: line two / x ValueError: y |" in md
+    )
     # a restarted suite runs nothing that finished; a new variant runs only its own trials
     calls = []
     experiments = sys.modules["ferlab.experiments"]

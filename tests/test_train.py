@@ -237,6 +237,11 @@ def test_config_yaml_and_overrides(tmp_path):
         ("distill_alpha: -0.1", r"config distill_alpha: expected a value in \[0, 1\]"),
         ("lr: .nan", "config lr: expected a value above 0, got nan"),
         ("subset: 0", r"config subset: expected a value in \(0, 1\], got 0"),
+        ("rotate: .inf", "config rotate: expected a value at least 0, got inf"),
+        ("betas: [1.5, 0.999]", r"config betas: expected two values in \[0, 1\), got \[1.5"),
+        ("{loss: focal, focal_alpha: [1, 1, 1, .nan, 1, 1, 1]}", "focal_alpha: expected 7 finite"),
+        ("{loss: focal, focal_alpha: [1, 1, 1, -1, 1, 1, 1]}", "focal_alpha: expected 7 finite"),
+        ("lr: 0.1\nepochs: 3\nlr: 0.01", "not valid YAML .*key 'lr' appears twice.*line 3"),
         # settings the chosen loss would drop silently
         ("focal_alpha: [1, 1, 1, 1, 1, 1, 1]", "focal_alpha: applies to loss: focal only"),
         ("{loss: focal, label_smoothing: 0.1}", "label_smoothing: applies to loss: ce only"),

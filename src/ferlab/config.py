@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import operator
 import os
 import types
@@ -200,8 +201,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
 
     for key, (ok, expected) in RANGES.items():
         value = getattr(cfg, key)
-        if not ok(value):  # NaN fails every test
+        if not ok(value) or not math.isfinite(value):  # NaN fails every test; inf this one
             raise ConfigError(key, f"expected a value {expected}, got {value!r}")
+    if not all(0 <= b < 1 for b in cfg.betas):
+        raise ConfigError("betas", f"expected two values in [0, 1), got {list(cfg.betas)}")
+    if cfg.focal_alpha is not None and not all(0 <= a < math.inf for a in cfg.focal_alpha):
+        raise ConfigError("focal_alpha", f"expected 7 finite weights >= 0, got {cfg.focal_alpha}")
     for key, choices in {**CHOICES, "model": tuple(list_models())}.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(
@@ -257,10 +262,26 @@ def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in (a.keys() | b.keys()) - NOT_RECIPE if a.get(k) != b.get(k))
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load, but a key written twice is an error: YAML keeps the last one silently, so
+    an ``lr:`` added at the end of a long config would override the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file's top-level mapping ({} if empty), or one line naming the file."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = yaml.load(Path(path).read_text(), _UniqueKeys)  # a SafeLoader: no objects
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if loaded is not None and not isinstance(loaded, dict):

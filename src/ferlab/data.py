@@ -51,7 +51,7 @@ SYNONYMS = {
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file, row or path and what was expected."""
+    """Bad input data; the message names the file, line or path and what was expected."""
 
 
 @dataclass
@@ -146,7 +146,9 @@ def _parse_pixels(text: str, where: str) -> np.ndarray:
 def _parse_csv(path: Path) -> FaceData:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as f:
+        # utf-8-sig: Excel starts its UTF-8 CSVs with a byte-order mark, which would
+        # otherwise be part of the first column's name
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = {"emotion", "pixels"} - set(reader.fieldnames or ())
             if missing:
@@ -156,8 +158,9 @@ def _parse_csv(path: Path) -> FaceData:
                 )
             images, labels, usage = [], [], []
             blank = 0  # the first row without a Usage
-            for row_no, row in enumerate(reader, start=2):  # row 1 is the header
-                where = f"{path}, row {row_no}"
+            for row in reader:
+                row_no = reader.line_num  # the file's line: blank lines are not rows
+                where = f"{path}, line {row_no}"
                 try:
                     label = int(row["emotion"])
                 except (TypeError, ValueError):
@@ -178,7 +181,7 @@ def _parse_csv(path: Path) -> FaceData:
         raise DataError(f"{path}: no data rows")
     if blank and any(usage):  # it would silently belong to none of the official splits
         raise DataError(
-            f"{path}, row {blank}: 'Usage' is empty, expected one of {', '.join(USAGES)} "
+            f"{path}, line {blank}: 'Usage' is empty, expected one of {', '.join(USAGES)} "
             "(other rows have one)"
         )
     return FaceData(np.stack(images), np.array(labels, dtype=np.int64), np.array(usage), str(path))
@@ -309,7 +312,10 @@ def load_image_folder(
         (f, idx)
         for d, idx in _iter_class_dirs(root, ignore_unknown)
         for f in sorted(d.rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+        if f.suffix.lower() in IMAGE_SUFFIXES
+        # not macOS's ._x.jpg or a .ipynb_checkpoints/ copy: hidden files are not faces
+        and not any(part.startswith(".") for part in f.relative_to(d).parts)
+        and f.is_file()
     ]
     if not files:
         raise DataError(f"{root}: no images found; expected <label>/*.jpg (or png, webp, ...)")
@@ -323,8 +329,10 @@ def load_image_folder(
         )
 
     # "crop2": arrays cached before read_image cropped as predict does (and before it honoured
-    # EXIF and 16 bits) are decoded again
-    key = f"crop2|{default_usage}|" + _fingerprint([f for f, _ in files])
+    # EXIF and 16 bits) are decoded again. The labels are part of the key: a symlink moved
+    # from happy/ to sad/ resolves to the same file, size and mtime
+    labels = ",".join(str(idx) for _, idx in files)
+    key = f"crop2|{default_usage}|{labels}|" + _fingerprint([f for f, _ in files])
     return _cached(key, str(root), parse)
 
 

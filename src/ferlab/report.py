@@ -258,7 +258,10 @@ def _markdown(groups, failures, base, title, notes, figures) -> str:
             ]
     if failures:
         lines += ["## Failed trials", "", "| run | error |", "|---|---|"]
-        lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
+        # one table row each: a traceback's newlines and pipes would end the row
+        lines += [
+            f"| {f['run']} | {' '.join(f['error'].split()).replace('|', '/')} |" for f in failures
+        ]
     return "\n".join(lines) + "\n"
 
 
