@@ -134,6 +134,17 @@ def test_per_image_release_usage_from_prefix(tmp_path):
         (4, "Training"),
     ]
     assert abs(int(data.images[0].mean()) - 100) <= 2
+    # train/, val/, test/ (datasets other than FER-2013): val/ was silently left out
+    save_image(tmp_path / "val" / "angry" / "v.png", img)
+    data = load_dataset(tmp_path)
+    assert sorted(zip(data.labels.tolist(), data.usage.tolist(), strict=True)) == [
+        (0, "PublicTest"),
+        (3, "PublicTest"),  # named PublicTest_3: the prefix wins
+        (3, "Training"),
+        (4, "PrivateTest"),
+        (4, "PrivateTest"),  # other.png: held out
+        (4, "Training"),
+    ]
 
 
 def test_user_folder_synonyms_any_size_and_colour(tmp_path):

@@ -343,14 +343,21 @@ def load_dataset(path: str | Path, ignore_unknown: bool = False) -> FaceData:
         return load_fer2013_csv(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    parts = [path / "train", path / "test"]
-    if all(p.is_dir() for p in parts):  # the per-image FER-2013 release
-        train = load_image_folder(parts[0], ignore_unknown, default_usage="Training")
-        test = load_image_folder(parts[1], ignore_unknown, default_usage="PublicTest")
+    if (path / "train").is_dir() and (path / "test").is_dir():  # the per-image release
+        # FER-2013's has train/ and test/; a val/ beside them (other datasets) selects, and
+        # test/ is then held out. File-name prefixes (PrivateTest_1.jpg) override either
+        val = next((path / n for n in ("val", "valid", "validation") if (path / n).is_dir()), None)
+        sets = [
+            (path / "train", "Training"),
+            (path / "test", "PrivateTest" if val else "PublicTest"),
+        ]
+        if val:
+            sets.insert(1, (val, "PublicTest"))
+        loaded = [load_image_folder(p, ignore_unknown, default_usage=u) for p, u in sets]
         return FaceData(
-            np.concatenate([train.images, test.images]),
-            np.concatenate([train.labels, test.labels]),
-            np.concatenate([train.usage, test.usage]),
+            np.concatenate([d.images for d in loaded]),
+            np.concatenate([d.labels for d in loaded]),
+            np.concatenate([d.usage for d in loaded]),
             str(path),
         )
     return load_image_folder(path, ignore_unknown)
