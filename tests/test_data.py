@@ -202,6 +202,18 @@ def test_stratified_split_is_reproducible_and_stratified(tmp_path):
         split_dataset(data, "random")
 
 
+def test_a_stratified_split_of_few_faces_says_what_it_did(tmp_path, caplog):
+    data = load_dataset(write_csv(tmp_path / "s.csv", synthetic_rows(per_class=10)))
+    keep = [np.flatnonzero(data.labels != 1), np.flatnonzero(data.labels == 1)[:3]]
+    few = data.subset(np.sort(np.concatenate(keep)))
+    with caplog.at_level("WARNING", logger="ferlab.data"):
+        parts = split_dataset(few, "stratified")
+    assert "not stratified (fewer than 10 faces: disgust 3)" in caplog.text
+    assert sum(len(p) for p in parts.values()) == len(few)
+    with pytest.raises(DataError, match=r"s\.csv: 9 faces; a stratified split needs 10"):
+        split_dataset(data.subset(np.arange(9)), "stratified")  # a raw sklearn error before
+
+
 def test_stratified_subset(tmp_path):
     data = load_dataset(write_csv(tmp_path / "s.csv", synthetic_rows(per_class=10)))
     sub = stratified_subset(data, 0.5, seed=0)

@@ -383,9 +383,15 @@ def split_dataset(data: FaceData, split: str = "official", seed: int = 0) -> dic
     if split == "stratified":
         from sklearn.model_selection import train_test_split
 
+        if len(data) < 10:
+            raise DataError(f"{data.source}: {len(data)} faces; a stratified split needs 10")
         index = np.arange(len(data))
         counts = data.counts()
+        # 10% test and 10% val hold a face of every class only if each has 10
         strat = data.labels if counts[counts > 0].min() >= 10 else None
+        if strat is None:
+            few = ", ".join(f"{EMOTIONS[c]} {n}" for c, n in enumerate(counts) if 0 < n < 10)
+            log.warning("%s: not stratified (fewer than 10 faces: %s)", data.source, few)
         train, rest = train_test_split(index, test_size=0.2, random_state=seed, stratify=strat)
         strat_rest = data.labels[rest] if strat is not None else None
         val, test = train_test_split(rest, test_size=0.5, random_state=seed, stratify=strat_rest)
