@@ -421,6 +421,17 @@ def test_readme_documents_every_config_key_with_its_default():
         assert ast.literal_eval(text) == getattr(defaults, name), name
 
 
+def test_a_diverged_run_saves_no_best_even_when_monitoring_accuracy(tiny_csv, tmp_path, caplog):
+    """NaN logits still score an accuracy (argmax picks class 0): with monitor val_acc, a
+    diverged epoch became best.pt and the "diverged?" warning never came."""
+    cfg = _cfg(tiny_csv, tmp_path, name="div", epochs=1, batch_size=16, optimizer="sgd")
+    cfg.lr, cfg.monitor, cfg.augment = 1e30, "val_acc", False
+    with caplog.at_level("WARNING", logger="ferlab.train"):
+        run = train(cfg)
+    assert _rows(run)[0]["val_loss"] == "nan" and not (run / "best.pt").exists()
+    assert "no best.pt (diverged?)" in caplog.text
+
+
 def test_a_nan_epoch_is_never_the_best():
     from ferlab.train import _advance
 

@@ -53,5 +53,12 @@ def test_focal_loss():
     ce = torch.nn.functional.cross_entropy(logits, y)
     torch.testing.assert_close(FocalLoss(gamma=0)(logits, y), ce)
     assert FocalLoss(gamma=2)(logits, y) < ce
-    alpha = [2.0] * 7
-    torch.testing.assert_close(create_loss("focal", 0, alpha)(logits, y), 2 * ce)
+    alpha = [0.5, 3.0, 1.0, 0.25, 1.0, 2.0, 1.5]  # per class: each face weighs its own
+    per_face = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    want = (torch.tensor(alpha)[y] * per_face).mean()
+    torch.testing.assert_close(create_loss("focal", 0, alpha)(logits, y), want)
+    # gamma < 1 and a face the model is sure of (p_t rounds to 1): d(0 ** gamma) was
+    # infinite, and one such face turned every weight into NaN
+    sure = torch.tensor([[40.0, 0, 0, 0, 0, 0, 0], [0.0, 1, 0, 0, 0, 0, 0]], requires_grad=True)
+    FocalLoss(gamma=0.5)(sure, torch.tensor([0, 1])).backward()
+    assert sure.grad is not None and torch.isfinite(sure.grad).all()

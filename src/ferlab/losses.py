@@ -19,7 +19,9 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -((1 - logp.exp()) ** self.gamma) * logp
+        # clamped: at p_t = 1, d(0 ** gamma) is infinite for gamma < 1, and inf * 0 is NaN
+        weight = (1 - logp.exp()).clamp_min(torch.finfo(torch.float32).tiny) ** self.gamma
+        loss = -weight * logp
         if self.alpha is not None:
             loss = loss * self.alpha[target]
         return loss.mean()

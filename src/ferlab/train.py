@@ -226,9 +226,11 @@ def _fit(
                 "elapsed": f"{time.perf_counter() - start:.0f}",
             }
         )
+        # a diverged epoch's NaN logits still score an accuracy (argmax picks class 0)
+        monitored = val_loss if cfg.monitor == "val_loss" else -val.accuracy
         improved = _advance(
             state,
-            val_loss if cfg.monitor == "val_loss" else -val.accuracy,
+            monitored if math.isfinite(val_loss) else math.nan,
             epoch,
             cfg.early_stopping,
         )
