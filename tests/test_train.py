@@ -263,6 +263,12 @@ def test_config_yaml_and_overrides(tmp_path):
         ("{model: vggnet_s, model_kwargs: {widths: [8, -1]}}", "config model_kwargs: .*"),
         ("{model: vggnet_s, model_kwargs: {widths: 8}}", "config model_kwargs: .*"),
         ("{scheduler: onecycle, warmup_epochs: 3, epochs: 2}", "config warmup_epochs: expected"),
+        # onecycle would overwrite them silently
+        (
+            "{scheduler: onecycle, optimizer: sgd, momentum: 0}",
+            "config momentum: scheduler onecycle",
+        ),
+        ("{scheduler: onecycle, betas: [0.5, 0.99]}", "config betas: scheduler onecycle cycles"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message) as e:

@@ -59,6 +59,9 @@ class VGG(nn.Module):
                 layers += [nn.Conv2d(channels, int(v), 3, padding=1), nn.ReLU(inplace=True)]
                 channels = int(v)
         self.features = nn.Sequential(*layers)
+        # on 48x48 faces the fifth pool turns block 5's 3x3 map into 1x1 (its top-left 2x2),
+        # so this global max pooling sees one position: exactly what the report's Keras
+        # VGG19(include_top=False) + GlobalMaxPooling2D did. Kept for fidelity to the report
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Sequential(
             nn.Flatten(),
