@@ -57,6 +57,23 @@ def test_one_epoch_on_real_rows_writes_the_run(real_csv, tmp_path):
     assert probs.shape == (3, 7)
 
 
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_a_resume_with_another_schedule_length_is_refused(tiny_csv, tmp_path, scheduler):
+    """Resumed with another --nproc (or after the folder grew), an epoch has another number
+    of batches: onecycle then failed past its last step, and cosine climbed again."""
+    from ferlab.distributed import Dist
+    from ferlab.parts import build_parts, load_splits, restore
+
+    cfg = _cfg(tiny_csv, tmp_path, name=scheduler, epochs=1, batch_size=16, scheduler=scheduler)
+    ckpt = torch.load(train(cfg) / "last.pt", weights_only=True)
+    parts = build_parts(cfg, load_splits(cfg), torch.device("cpu"), Dist())
+    restore(ckpt, parts)  # the same launch: fine
+    key = "total_steps" if scheduler == "onecycle" else "T_max"
+    ckpt["scheduler"][key] -= 1  # as saved by 2 processes, each with a smaller share
+    with pytest.raises(ValueError, match=r"schedule lasts \d+ batches, this launch's \d+: resume"):
+        restore(ckpt, parts)
+
+
 @pytest.mark.parametrize(
     "extra", [{}, {"ema": 0.9}, {"mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.8}]
 )

@@ -166,7 +166,17 @@ def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]
         parts.ema.updates = ckpt["ema_updates"]
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     if parts.scheduler is not None:
-        parts.scheduler.load_state_dict(ckpt["scheduler"])
+        saved = ckpt["scheduler"]
+        for key in ("total_steps", "T_max"):  # onecycle's and cosine's length in batches
+            now = getattr(parts.scheduler, key, None)
+            if key in saved and saved[key] != now:
+                # another --nproc, or a folder that grew: onecycle would fail past its end
+                # and cosine would climb again
+                raise ValueError(
+                    f"the saved run's schedule lasts {saved[key]} batches, this launch's "
+                    f"{now}: resume with the process count (--nproc) and data it started with"
+                )
+        parts.scheduler.load_state_dict(saved)
     parts.generator.set_state(ckpt["rng"]["generator"])
     ranks = ckpt["rng"].get("ranks") or [ckpt["rng"]]  # a single process saved only its own
     # A rank the saved run did not have (resumed with more processes) keeps the stream train()
