@@ -297,6 +297,12 @@ def _iter_class_dirs(root: Path, ignore_unknown: bool) -> Iterator[tuple[Path, i
             yield d, idx
 
 
+def hidden(path: Path, root: Path) -> bool:
+    """Is ``path`` hidden below ``root``: macOS's ``._x.jpg``, a ``.thumbnails/`` copy, a
+    ``.ipynb_checkpoints/`` one? None of them is an input."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def load_image_folder(
     root: str | Path, ignore_unknown: bool = False, default_usage: str = ""
 ) -> FaceData:
@@ -312,10 +318,7 @@ def load_image_folder(
         (f, idx)
         for d, idx in _iter_class_dirs(root, ignore_unknown)
         for f in sorted(d.rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
-        # not macOS's ._x.jpg or a .ipynb_checkpoints/ copy: hidden files are not faces
-        and not any(part.startswith(".") for part in f.relative_to(d).parts)
-        and f.is_file()
+        if f.suffix.lower() in IMAGE_SUFFIXES and not hidden(f, d) and f.is_file()
     ]
     if not files:
         raise DataError(f"{root}: no images found; expected <label>/*.jpg (or png, webp, ...)")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data import IMAGE_SUFFIXES, open_image, upright_8bit
+from .data import IMAGE_SUFFIXES, hidden, open_image, upright_8bit
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FILE_KINDS = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
@@ -71,9 +71,7 @@ def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
     files = sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in FILE_KINDS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
+        if p.suffix.lower() in FILE_KINDS and not hidden(p, folder) and p.is_file()
     )
     if skip is None:
         return files
