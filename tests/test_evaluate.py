@@ -178,6 +178,8 @@ def test_evaluate_split_scores_a_model_on_its_own_held_out_faces(real_csv, tmp_p
     assert got.support == want.support and got.confusion == want.confusion
     assert sum(got.support) == 70  # 10% of 700 rows
     assert sum(evaluate_split(clf, str(real_csv), "val", split_mode="official").support) == 140
+    with pytest.raises(ValueError, match=r"^split_mode: expected official or stratified, got 'x'"):
+        evaluate_split(clf, str(real_csv), "val", split_mode="x")
     copy = tmp_path / "other.csv"
     copy.write_bytes(real_csv.read_bytes())
     with caplog.at_level("WARNING", logger="ferlab.evaluate"):

@@ -225,6 +225,9 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     # a trial killed after its last checkpoint resumes only under the recipe it began with
     (root / "a" / "seed0" / "result.json").unlink()
     args = ["experiment", str(suite), "--repeats", "1", "--out", str(tmp_path / "x")]
+    for flag in ("--repeats", "--epochs", "--workers"):  # 0 repeats "finished" an empty suite
+        r = CliRunner().invoke(app, [*args, flag, "0"])
+        assert r.exit_code == 2 and "greater than or equal to 1" in r.output, r.output
     r = CliRunner().invoke(app, [*args, "--variants", "a", "--epochs", "3"])
     assert r.exit_code == 1
     assert "a/seed0: ValueError: " in r.output and "was started with other epochs" in r.output

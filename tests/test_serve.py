@@ -231,6 +231,28 @@ def test_serve_refuses_settings_that_cannot_work_before_it_starts(
     assert started == []
 
 
+def test_serve_refuses_a_port_it_cannot_listen_on(monkeypatch):
+    """A taken port: uvicorn logged "address already in use" after our "serving on" and
+    exited 3; port 99999 was a traceback; workers 0 served anyway."""
+    import socket
+
+    import uvicorn
+
+    from ferlab.serve import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("the server started"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"^serve: cannot listen on 127.0.0.1:{port} \("):
+            serve(port=port, model="default")
+    with pytest.raises(ValueError, match=r"^serve: port must be in 0\.\.65535, got 99999$"):
+        serve(port=99999, model="default")
+    with pytest.raises(ValueError, match=r"^serve: workers must be at least 1, got 0$"):
+        serve(workers=0, model="default")
+
+
 def test_serve_with_workers_needs_a_model_it_can_name(tiny_model, monkeypatch):
     import uvicorn
 

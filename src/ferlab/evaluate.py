@@ -213,6 +213,8 @@ def split_for(
     ``official``. ``ignore_unknown=None``: as trained on the same data, else off (unknown class
     folders fail).
     """
+    if split_mode not in (None, "official", "stratified"):  # not "unknown split": --split is fine
+        raise ValueError(f"split_mode: expected official or stratified, got {split_mode!r}")
     trained = (getattr(classifier, "meta", None) or {}).get("config") or {}
     same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
     if split_mode is None:

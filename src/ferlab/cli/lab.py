@@ -251,16 +251,20 @@ def export(
 @app.command()
 def experiment(
     suite: Annotated[Path, typer.Argument(help="Suite YAML (configs/experiments/*.yaml)")],
-    epochs: Annotated[int | None, typer.Option(help="Budget: maximum epochs per trial")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Budget: maximum epochs per trial")
+    ] = None,
     subset: Annotated[
         float | None, typer.Option(help="Budget: stratified training fraction")
     ] = None,
     repeats: Annotated[
-        int | None, typer.Option(help="Budget: seeds per variant (capped by its own)")
+        int | None, typer.Option(min=1, help="Budget: seeds per variant (capped by its own)")
     ] = None,
     variants: Annotated[str | None, typer.Option(help="Only these variants (a,b,c)")] = None,
     backend: Annotated[str, typer.Option(help="local or ray")] = "local",
-    workers: Annotated[int, typer.Option(help="Trials at once (CPU threads are divided)")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Trials at once (CPU threads are divided)")
+    ] = 1,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (ray backend)")] = None,
     out: Annotated[
         str | None, typer.Option(help="Parent folder \\[default: the suite's out]")

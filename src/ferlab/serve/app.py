@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -314,6 +315,8 @@ def serve(
 
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
         raise ValueError(f"--root-path: expected a path like /fer, got {root_path!r}")
+    if workers < 1:
+        raise ValueError(f"serve: workers must be at least 1, got {workers}")
     if workers > 1:  # the workers build the app: what cannot work must stop us here, not each
         if not isinstance(settings.get("model"), str | Path | None):
             raise ValueError("serve: workers > 1 load the model themselves; pass a path or name")
@@ -324,9 +327,25 @@ def serve(
         options: dict[str, Any] = {"factory": True, "workers": workers}
     else:
         target, options = create_app(**settings), {}  # create_app refuses what cannot work
+    _check_listen(host, port)  # last: a bad setting is the error to see first
     configure_access_log()
     log.info("serving on http://%s:%d/ (API docs at /docs)", host, port)
     uvicorn.run(target, host=host, port=port, root_path=root_path, access_log=False, **options)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail with one line on a port out of range or taken: uvicorn printed a traceback for
+    the first and, for the second, logged its error after ours and exited 3 with workers
+    loading the model meanwhile."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"serve: port must be in 0..65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as e:  # socket.gaierror too: an unknown host name
+        raise ValueError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
 def app_from_env() -> FastAPI:
