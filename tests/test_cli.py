@@ -197,6 +197,22 @@ def test_evaluate_checks_formats_before_the_model_loads(fmt, message):
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
+def test_an_out_below_a_file_is_refused_before_any_work(tmp_path):
+    """It failed after the work (an ensemble's calibration, a whole folder's predictions)
+    with "[Errno 17] File exists"; the models here do not exist, so the --out check is first."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for args in (
+        ["evaluate", "no-such.pt", "--out", str(afile)],
+        ["predict", "no-such.jpg", "--model", "no-such.pt", "--out", str(afile / "res")],
+        ["ensemble", "no-such.pt", "no-such.pt", "--out", str(afile / "ens")],
+        ["export", "no-such.pt", "--out", str(afile / "m.onnx")],
+    ):
+        r = run_ferlab(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert f"{afile} is a file, not a folder" in r.stderr, (args, r.stderr)
+
+
 def test_evaluate_on_a_folder_with_an_unknown_class(tmp_path):
     import numpy as np
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 import yaml
@@ -31,10 +32,25 @@ def print_error(message: str) -> None:
     err.print(Text("error: ", style="red") + Text(message), highlight=False)
 
 
-def parse_formats(text: str, out: object) -> list[str]:
-    """``--format a,b``, checked before any work: known names, and one only for stdout."""
+def check_out(out: str | Path | None, folder: bool = True) -> None:
+    """Refuse, before any work, an ``--out`` below a file (a folder, or with ``folder`` the
+    path itself, would have to be made there): it failed after the work, with errno text."""
+    if out is None:
+        return
+    path = Path(out)
+    for p in [path, *path.parents] if folder else path.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--out {out}: {p} is a file, not a folder")
+            return
+
+
+def parse_formats(text: str, out: str | Path | None) -> list[str]:
+    """``--format a,b`` and ``--out``, checked before any work: known names, one only for
+    stdout, an output folder that can be made."""
     from ..outputs import check_formats
 
+    check_out(out)
     formats = [f.strip() for f in text.split(",")]
     check_formats(formats)
     if len(formats) > 1 and out is None:

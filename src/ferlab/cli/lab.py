@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import DEFAULT_DATA, TrainConfig, parse_override
 from ..data import EMOTIONS, USAGES
-from .app import TTA_HELP, app, console, err, parse_formats, print_error
+from .app import TTA_HELP, app, check_out, console, err, parse_formats, print_error
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -181,6 +181,7 @@ def ensemble(
     from ..export import check_exportable
 
     # members are saved as safetensors: refuse an ONNX file before minutes of calibration
+    check_out(out)  # OUT/ holds the members
     models = [check_exportable(load_model(m), m) for m in members]
     ens, accuracy = build_ensemble(models, data, split, tta)
     for m, t, acc in zip(members, ens.temperatures, accuracy["members"], strict=True):
@@ -227,6 +228,7 @@ def export(
         raise ValueError("--info applies to --format safetensors only")
     if data is not None and not int8:
         raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
+    check_out(out, folder=False)
     from ..onnx_model import OnnxClassifier
 
     clf = load_model(model)
