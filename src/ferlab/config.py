@@ -217,16 +217,18 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError("focal_alpha", f"applies to loss: focal only, got loss: {cfg.loss}")
     if cfg.loss == "focal" and cfg.label_smoothing:
         raise ConfigError("label_smoothing", "applies to loss: ce only, got loss: focal")
-    # onecycle cycles momentum (SGD) or beta1 (Adam) between 0.95 and 0.85 itself
-    if cfg.scheduler == "onecycle" and cfg.optimizer == "sgd" and cfg.momentum != 0.9:
-        raise ConfigError("momentum", "scheduler onecycle cycles it from 0.95 to 0.85 and back")
-    if cfg.scheduler == "onecycle" and cfg.optimizer != "sgd" and cfg.betas[0] != 0.9:
-        raise ConfigError("betas", "scheduler onecycle cycles beta1 from 0.95 to 0.85 and back")
-    if cfg.scheduler == "onecycle" and cfg.warmup_epochs >= max(1, cfg.epochs):
-        raise ConfigError(
-            "warmup_epochs",
-            f"expected fewer than epochs ({cfg.epochs}) warm-up epochs, got {cfg.warmup_epochs}",
-        )
+    if cfg.scheduler == "onecycle":
+        # it cycles momentum (SGD) or beta1 (Adam) between 0.95 and 0.85 itself
+        if cfg.optimizer == "sgd" and cfg.momentum != 0.9:
+            raise ConfigError("momentum", "scheduler onecycle cycles it from 0.95 to 0.85 and back")
+        if cfg.optimizer != "sgd" and cfg.betas[0] != 0.9:
+            raise ConfigError("betas", "scheduler onecycle cycles beta1 from 0.95 to 0.85 and back")
+        if cfg.warmup_epochs >= max(1, cfg.epochs):
+            raise ConfigError(
+                "warmup_epochs",
+                f"expected fewer than epochs ({cfg.epochs}) warm-up epochs, "
+                f"got {cfg.warmup_epochs}",
+            )
     for key in ("pretrained", "frozen_blocks"):
         if getattr(cfg, key) and cfg.model != "vgg19":
             raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .data import IMAGE_SUFFIXES, hidden, open_image, upright_8bit
+from .outputs import is_run_output
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FILE_KINDS = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
@@ -78,14 +79,7 @@ def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
     skip = skip.resolve()
     if not folder.resolve().is_relative_to(skip):
         return [p for p in files if not p.resolve().is_relative_to(skip)]
-    return [p for p in files if not _run_output(p.resolve().relative_to(skip))]
-
-
-def _run_output(relative: Path) -> bool:
-    """Is ``relative`` (to an output folder) a file that ``predict --out`` writes there?"""
-    if len(relative.parts) > 1:
-        return relative.parts[0] == "annotated"
-    return relative.name.endswith(("_annotated.mp4", "_timeline.png"))
+    return [p for p in files if not is_run_output(p.resolve().relative_to(skip))]
 
 
 def iter_sources(source: Any, skip: Path | None = None) -> Iterator[np.ndarray | Path]:

@@ -162,6 +162,17 @@ class OutputNames:
         return name
 
 
+ANNOTATED = "annotated"  # folder of annotated images under --out
+VIDEO_SUFFIX, TIMELINE_SUFFIX = "_annotated.mp4", "_timeline.png"  # after a video's name
+
+
+def is_run_output(relative: Path) -> bool:
+    """Is ``relative`` (to an output folder) a file that :func:`write_predictions` writes?"""
+    if len(relative.parts) > 1:
+        return relative.parts[0] == ANNOTATED
+    return relative.name.endswith((VIDEO_SUFFIX, TIMELINE_SUFFIX))
+
+
 def write_text(path: Path, text: str) -> Path:
     # a file name that is not UTF-8 (caf\xe9.jpg from a Latin-1 disk) reaches Python as a
     # lone surrogate, which UTF-8 cannot encode: written as a visible \udce9 escape instead
@@ -193,12 +204,12 @@ def write_predictions(
                 continue
             if pred.frame is not None:
                 video = pred.path or "video"
-                final = out / f"{name(video)}_annotated.mp4"
+                final = out / f"{name(video)}{VIDEO_SUFFIX}"
                 # a broken header's 90,000 fps: OpenCV refuses to write 65,536 and above
                 sink.write(video, final, pred.plot(), min(pred.fps or 10.0, 1000.0))
             else:
                 sink.finish()  # the video before this image is complete
-                files.append(pred.save(out / "annotated" / f"{name(pred.path)}.jpg"))
+                files.append(pred.save(out / ANNOTATED / f"{name(pred.path)}.jpg"))
     except BaseException:
         sink.close(ok=False)  # a half-written video never takes the final name
         # a stopped or failed run keeps what it classified, under names that say so
@@ -221,5 +232,5 @@ def write_predictions(
             times = np.array([r["time"] if r["time"] is not None else r["frame"] for r in rows])
             probs = np.array([[r["faces"][0]["emotions"][e] for e in EMOTIONS] for r in rows])
             fig = timeline_figure(times, probs, title=Path(video).name)
-            files.append(save_figure(fig, out / f"{name(video)}_timeline.png"))
+            files.append(save_figure(fig, out / f"{name(video)}{TIMELINE_SUFFIX}"))
     return records, files
