@@ -1,4 +1,5 @@
 import csv
+import re
 import sys
 from pathlib import Path
 
@@ -291,6 +292,16 @@ def test_config_yaml_and_overrides(tmp_path):
         with pytest.raises(ValueError, match=message) as e:
             TrainConfig.from_yaml(path)
         assert str(e.value).startswith(f"{path}: "), e.value  # the file is named
+    # a file that cannot be read is named in one line, not as errno text
+    for bad, message in [
+        (tmp_path / "missing.yaml", "no such file"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "binary.yaml", "not text"),
+    ]:
+        if bad.name == "binary.yaml":
+            bad.write_bytes(b"\xff\xfe\x00lr")
+        with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}: {message} "):
+            TrainConfig.from_yaml(bad)
     # a flag's bad value is not blamed on the file
     path.write_text("epochs: 3\n")
     with pytest.raises(ValueError) as e:

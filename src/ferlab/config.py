@@ -289,6 +289,12 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file's top-level mapping ({} if empty), or one line naming the file."""
     try:
         loaded = yaml.load(Path(path).read_text(), _UniqueKeys)  # a SafeLoader: no objects
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (expected a YAML file)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder (expected a YAML file)") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not text (expected a UTF-8 YAML file)") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if loaded is not None and not isinstance(loaded, dict):
