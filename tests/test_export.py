@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REAL_CSV
+from conftest import REAL_CSV, save_image, synthetic_rows
 from ferlab import EMOTIONS, Classifier
 from ferlab.checkpoint import save_checkpoint
 from ferlab.classifier import load_model
@@ -513,6 +513,22 @@ def test_cli_exports_int8_calibrated_on_training_faces(ort, tiny_csv, tmp_path, 
     r = CliRunner().invoke(app, [*args, str(tmp_path / "qq.onnx")])
     assert r.exit_code != 0 and f"{out}: already quantised (int8" in str(r.exception)
     assert not (tmp_path / "qq.onnx").exists()
+
+
+def test_int8_calibrates_a_folder_model_on_its_own_training_split(ort, tmp_path, monkeypatch):
+    """A model trained on a stratified split of a class-folder dataset (which has no official
+    split) calibrates on that split's training faces; it failed after the float export."""
+    from ferlab.export import export_int8
+
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+    rows = synthetic_rows(per_class=6)
+    for i, (label, face, _) in enumerate(rows):
+        save_image(tmp_path / "faces" / EMOTIONS[label] / f"{i}.png", face)
+    clf = make_classifier(np.stack([face for _, face, _ in rows]))
+    data = str(tmp_path / "faces")
+    clf.meta["config"] = {"data": data, "split": "stratified", "seed": 0}
+    int8 = load_onnx(export_int8(clf, tmp_path / "q.onnx", data, n=64))
+    assert int8.meta["quantization"].startswith("int8")
 
 
 def test_int8_refuses_what_it_cannot_quantise_and_keeps_its_source(faces, ort, tiny_csv, tmp_path):

@@ -256,17 +256,17 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
 def export_int8(
     classifier: Classifier | OnnxClassifier, path: str | Path, data: str, n: int = 512
 ) -> Path:
-    """int8 ONNX, calibrated on ``n`` stratified *training* faces of ``data``: a PyTorch model
-    is exported first; a float ``.onnx`` file is taken as it is."""
+    """int8 ONNX, calibrated on ``n`` stratified *training* faces of ``data`` (of the split the
+    model was trained with, as ``evaluate`` chooses it): a PyTorch model is exported first; a
+    float ``.onnx`` file is taken as it is."""
     from .data import stratified_subset
-    from .evaluate import load_split
+    from .evaluate import load_split, split_for
 
     _onnx_name(path)  # before minutes of export and calibration
+    train = load_split(data, "Training", *split_for(classifier, data))
+    faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
     with tempfile.TemporaryDirectory() as tmp:
-        source = _float_onnx(classifier, tmp)
-        train = load_split(data, "Training")
-        faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
-        return quantize_onnx(source, path, faces)
+        return quantize_onnx(_float_onnx(classifier, tmp), path, faces)
 
 
 def _float_onnx(classifier: Classifier | OnnxClassifier, tmp: str) -> Path:

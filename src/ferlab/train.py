@@ -303,6 +303,9 @@ def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, dev
     return evaluate_logits(logits.cpu(), data["val_y"].cpu())
 
 
+_PATHS = ("data", "teacher", "pretrained")  # files a run reads (a teacher may be a name)
+
+
 def _prepare(
     cfg: TrainConfig, resume: str | Path | None, runtime: dict[str, Any] | None
 ) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
@@ -313,7 +316,13 @@ def _prepare(
         # its best.pt (and history), which a new run would overwrite
         if any((run_dir / f).exists() for f in ("last.pt", "best.pt")):
             raise FileExistsError(f"{run_dir} already holds a run; resume it or pick a new name")
-        return cfg, run_dir, None
+        # the run records where its files are, not where they were from the launch's folder:
+        # a resume or an evaluation from another folder finds them (and a stratified split's
+        # held-out faces are recognised as such)
+        paths = {
+            k: os.path.abspath(v) for k in _PATHS if (v := getattr(cfg, k)) and Path(v).exists()
+        }
+        return replace(cfg, **paths), run_dir, None
     run_dir = Path(resume)
     ckpt = load_checkpoint(run_dir / "last.pt")
     bad = sorted(set(runtime or {}) - set(RUNTIME_KEYS))
