@@ -245,6 +245,8 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
         ("loss", "hinge", "config loss: expected one of ce, focal"),
         ("monitor", "f1", "config monitor: expected one of val_loss, val_acc"),  # ran as val_acc
         ("epochs", 0, "config epochs: expected a value at least 1"),
+        ("device", "tpu", "config device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ("device", "cuda:x", "config device: expected auto, cpu, cuda or cuda:N"),
     ]:
         with pytest.raises(ValueError, match=message):
             train(_cfg(tiny_csv, tmp_path, name=key, **{"epochs": 1, key: value}))
@@ -253,6 +255,12 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
         with pytest.raises(ValueError, match=f"nproc: expected 1 or more processes, got {nproc}"):
             train(_cfg(tiny_csv, tmp_path, name="nproc", epochs=1), nproc=nproc)
     assert not (tmp_path / "runs" / "nproc").exists()
+    # a GPU this machine lacks fails before the data loads (here: there is no data), in one
+    # line; it was a traceback from inside PyTorch once the data had loaded
+    for nproc in (1, 2):
+        with pytest.raises(ValueError, match=r"config device: cuda:99 is not on this machine"):
+            train(_cfg(tmp_path / "no.csv", tmp_path, device="cuda:99"), nproc=nproc)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_yaml_and_overrides(tmp_path):

@@ -232,7 +232,21 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for key in ("pretrained", "frozen_blocks"):
         if getattr(cfg, key) and cfg.model != "vgg19":
             raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")
+    _check_device(cfg.device)
     _check_model_kwargs(cfg)
+
+
+def _check_device(name: str) -> None:
+    """The name's form only: whether this machine has the device is asked when training starts
+    (a GPU run's config is read back on CPU machines to evaluate its model)."""
+    import torch
+
+    try:
+        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError("device", f"expected auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def _check_model_kwargs(cfg: TrainConfig) -> None:

@@ -24,9 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    """The config's device, refused in one line when this machine has none such: CUDA would
+    otherwise fail as a traceback once the data had loaded."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        found = torch.cuda.device_count() if torch.cuda.is_available() else "no"
+        raise ValueError(f"config device: {name} is not on this machine ({found} CUDA devices)")
+    return device
 
 
 def load_splits(cfg: TrainConfig, with_test: bool = False) -> dict[str, torch.Tensor]:

@@ -138,6 +138,7 @@ def train(
     if nproc > 1:
         # what can be refused is refused here, as one line, not as a traceback per process
         checked, _, _ = _prepare(cfg, resume, runtime)
+        resolve_device(checked.device)
         check_batch_size(checked.batch_size, nproc)
         model_kwargs(checked)  # pretrained/frozen_blocks on a model that has none
         create_model(checked.model, **checked.model_kwargs)  # unknown names and kwargs

@@ -74,7 +74,7 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name (runs/<name>)")] = None,
     out: Annotated[str | None, typer.Option(help="Parent folder of runs")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
     nproc: Annotated[
         int, typer.Option(help="Data-parallel processes (DDP: gloo on CPU, NCCL on GPUs)")
     ] = 1,
