@@ -441,6 +441,11 @@ def test_report_refuses_runs_that_cannot_be_pooled_or_compared(tmp_path):
     ):
         build_report(tmp_path, baseline="base")
     (tmp_path / "base" / "seed2" / "result.json").unlink()
+    # a backup copy of a trial folder would count its seed twice
+    shutil.copytree(tmp_path / "base" / "seed1", tmp_path / "base" / "seed1-copy")
+    with pytest.raises(ValueError, match=r"base: .*seed1 and .*seed1-copy are both seed 1"):
+        build_report(tmp_path, baseline="base")
+    shutil.rmtree(tmp_path / "base" / "seed1-copy")
     with_config("other", 0, split="val")
     with pytest.raises(ValueError, match=r"different splits \['test', 'val'\]"):
         build_report(tmp_path, baseline="base")

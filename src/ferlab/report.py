@@ -175,8 +175,16 @@ def build_report(
 
 def _check_comparable(groups: dict[str, list[TrialResult]]) -> None:
     """The runs of a variant must share one recipe, and all runs one report split: a smoke
-    run's 2-epoch trial pooled with full ones, or val compared with test, would mislead."""
+    run's 2-epoch trial pooled with full ones, or val compared with test, would mislead; so
+    would a seed counted twice (a copied trial folder), which shrinks the spread."""
     for v, ts in groups.items():
+        first: dict[int, Path] = {}
+        for t in ts:
+            if first.setdefault(t.seed, t.run_dir) != t.run_dir:
+                raise ValueError(
+                    f"{v}: {first[t.seed]} and {t.run_dir} are both seed {t.seed} "
+                    "(a copy?); remove one"
+                )
         for t in ts[1:]:
             changed = recipe_changes(ts[0].config, t.config)
             if changed:
