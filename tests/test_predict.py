@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import re
 import shutil
 
 import cv2
@@ -416,6 +417,21 @@ def test_stopped_run_keeps_its_results_and_finished_videos_only(tiny_model, tmp_
     # a finished rerun into the same folder replaces the stopped run's partial files
     write_predictions(Predictor(tiny_model)(done), out, formats=("json",))
     assert sorted(p.name for p in out.glob("predictions*")) == ["predictions.json"]
+
+
+def test_an_unwritable_predictions_file_keeps_the_results(tiny_model, tmp_path, astronaut):
+    """A folder in the way of predictions.json cost every result after the work, with the
+    hidden temp file's name in the error."""
+    video = write_video(tmp_path / "clip.mp4", astronaut, n=3)
+    out = tmp_path / "out"
+    (out / "predictions.json").mkdir(parents=True)
+    where = re.escape(str(out / "predictions.json"))
+    with pytest.raises(OSError, match=rf"^\[Errno 21\] {where}: cannot write it"):
+        write_predictions(Predictor(tiny_model)(video), out, formats=("csv", "json", "md"))
+    kept = json.loads((out / "predictions.partial.json").read_text())
+    assert [r["frame"] for r in kept] == [0, 1, 2]
+    assert (out / "predictions.partial.md").is_file() and (out / "predictions.csv").is_file()
+    assert list(out.glob(".*")) == [] and list(out.glob("*.mp4")) == []
 
 
 def test_same_names_in_two_folders_keep_every_output(tiny_model, tmp_path, astronaut):

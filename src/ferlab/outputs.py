@@ -5,6 +5,7 @@ Writers take the plain dicts of ``Prediction.to_dict()`` so a long run never hol
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -188,7 +189,8 @@ def write_predictions(
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Consume ``predictions`` and write predictions.{json,csv,md}, annotated images and
     videos and, for videos, an emotion timeline under ``out_dir``. Returns (records, files).
-    If ``predictions`` raises (or Ctrl-C), the records so far go to predictions.partial.*."""
+    If ``predictions`` raises (or Ctrl-C), or a predictions file cannot be written, the
+    records so far go to predictions.partial.*."""
     from .plots import save_figure, timeline_figure
 
     out = Path(out_dir)
@@ -210,18 +212,16 @@ def write_predictions(
             else:
                 sink.finish()  # the video before this image is complete
                 files.append(pred.save(out / ANNOTATED / f"{name(pred.path)}.jpg"))
-    except BaseException:
-        sink.close(ok=False)  # a half-written video never takes the final name
-        # a stopped or failed run keeps what it classified, under names that say so
-        for fmt in formats if records else ():
-            write_text(out / f"predictions.partial.{fmt}", FORMATS[fmt](records))
-        raise
-    # the predictions first: a video that fails to finish must not cost the run's results
-    try:
+        # the predictions before the last video: one that fails to finish costs no results
         for fmt in formats:
             files.append(write_text(out / f"predictions.{fmt}", FORMATS[fmt](records)))
     except BaseException:
-        sink.close(ok=False)
+        sink.close(ok=False)  # a half-written video never takes the final name
+        # a stopped or failed run keeps what it classified, under names that say so (the
+        # failure itself, a full disk say, may stop these too: it is the error to report)
+        for fmt in formats if records else ():
+            with contextlib.suppress(OSError):
+                write_text(out / f"predictions.partial.{fmt}", FORMATS[fmt](records))
         raise
     for fmt in FORMATS:  # an earlier stopped run's: this run's results replace them
         (out / f"predictions.partial.{fmt}").unlink(missing_ok=True)
