@@ -207,10 +207,19 @@ def test_an_out_below_a_file_is_refused_before_any_work(tmp_path):
         ["predict", "no-such.jpg", "--model", "no-such.pt", "--out", str(afile / "res")],
         ["ensemble", "no-such.pt", "no-such.pt", "--out", str(afile / "ens")],
         ["export", "no-such.pt", "--out", str(afile / "m.onnx")],
+        ["train", "--data", "no-such.csv", "--out", str(afile)],
+        ["experiment", "no-such.yaml", "--out", str(afile / "x")],
+        ["report", "no-such", "--out", str(afile / "rep")],
+        ["demo", "--model", "no-such.pt", "--out", str(afile / "d")],
     ):
         r = run_ferlab(*args)
         assert r.returncode == 2, (args, r.stderr)
-        assert f"{afile} is a file, not a folder" in r.stderr, (args, r.stderr)
+        assert f"--out {afile}" in r.stderr and f"{afile} is a file, not a folder" in r.stderr
+    r = run_ferlab("data", "info", "no-such.csv", "--plot", str(afile / "plots"))
+    assert r.returncode == 2 and f"--plot {afile}/plots: {afile} is a file" in r.stderr
+    # a detector that does not exist is refused before the demo writes its photo
+    r = run_ferlab("demo", "--detector", "nope", "--out", str(tmp_path / "demo"))
+    assert r.returncode == 2 and "nope" in r.stderr and not (tmp_path / "demo").exists()
 
 
 def test_evaluate_on_a_folder_with_an_unknown_class(tmp_path):

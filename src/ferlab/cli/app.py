@@ -32,7 +32,7 @@ def print_error(message: str) -> None:
     err.print(Text("error: ", style="red") + Text(message), highlight=False)
 
 
-def check_out(out: str | Path | None, folder: bool = True) -> None:
+def check_out(out: str | Path | None, folder: bool = True, flag: str = "--out") -> None:
     """Refuse, before any work, an ``--out`` below a file (a folder, or with ``folder`` the
     path itself, would have to be made there): it failed after the work, with errno text."""
     if out is None:
@@ -41,7 +41,7 @@ def check_out(out: str | Path | None, folder: bool = True) -> None:
     for p in [path, *path.parents] if folder else path.parents:
         if p.exists():
             if not p.is_dir():
-                raise ValueError(f"--out {out}: {p} is a file, not a folder")
+                raise ValueError(f"{flag} {out}: {p} is a file, not a folder")
             return
 
 

@@ -29,6 +29,7 @@ def data_info(
     """Counts per split and class."""
     from ..data import load_dataset
 
+    check_out(plot, flag="--plot")
     data = load_dataset(path, ignore_unknown)
     table = Table(title=f"{path} ({len(data)} faces)")
     table.add_column("split", no_wrap=True)
@@ -42,7 +43,7 @@ def data_info(
         c = data.subset(data.usage == u).counts()
         counts[u or "all"] = c
         table.add_row(u or "(no split)", *map(str, c), str(c.sum()))
-    console.print(table)
+    console.print(table, width=None if console.is_terminal else 120)  # no "disgu…" in a pipe
     if plot is not None:
         from ..plots import class_distribution_figure, samples_figure, save_figure
 
@@ -105,6 +106,7 @@ def train(
             runtime["device"] = device
         run_dir = run_training(TrainConfig(), resume=resume, runtime=runtime, nproc=nproc)
     else:
+        check_out(out)
         cfg = _config(
             config,
             set_ or [],
@@ -276,6 +278,7 @@ def experiment(
     from ..experiments import Suite, run_suite
     from ..report import build_report
 
+    check_out(out)
     s = Suite.from_yaml(suite)
     if out is not None:
         s.out = out
@@ -311,6 +314,7 @@ def report(
     """Statistics, comparisons and plots over a set of runs: report.md/html, results.csv/json."""
     from ..report import build_report
 
+    check_out(out)
     notes, order = "", None
     if suite is not None:
         from ..experiments import Suite

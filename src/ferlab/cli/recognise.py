@@ -12,7 +12,7 @@ from rich.box import SIMPLE
 from rich.table import Table
 
 from ..data import EMOTIONS, atomic_write_bytes
-from .app import TTA_HELP, app, console, err, parse_formats, print_error
+from .app import TTA_HELP, app, check_out, console, err, parse_formats, print_error
 
 
 @app.command()
@@ -99,11 +99,12 @@ def demo(
     from ..outputs import write_predictions
     from ..predict import Predictor
 
+    check_out(out)
+    predictor = Predictor(_load(model, "torch"), detector)  # a bad name writes nothing
     photo = out / "astronaut.png"
     buf = io.BytesIO()
     Image.fromarray(demo_image()).save(buf, format="PNG")
     atomic_write_bytes(photo, buf.getvalue())
-    predictor = Predictor(_load(model, "torch"), detector)
     records, files = write_predictions(predictor(photo), out, ["json"])
     table = Table(title="astronaut (skimage.data.astronaut)", box=SIMPLE)
     for col in ("box x,y,w,h", "label", *(e[:3] for e in EMOTIONS)):
