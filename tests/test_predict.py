@@ -312,7 +312,7 @@ def test_cli_json_on_stdout_ends_with_a_newline(tmp_path, astronaut, tiny_model)
 
 
 def test_cli_predict_twice_into_its_input_folder_reads_only_the_inputs(
-    tmp_path, astronaut, tiny_model
+    tmp_path, astronaut, tiny_model, caplog
 ):
     from typer.testing import CliRunner
 
@@ -343,6 +343,7 @@ def test_cli_predict_twice_into_its_input_folder_reads_only_the_inputs(
     (photos / ".thumbnails").mkdir()
     Image.fromarray(astronaut[:100, :100]).save(photos / ".thumbnails" / "X.jpg")
     for _ in range(2):
+        caplog.clear()
         r = CliRunner().invoke(
             app, ["predict", str(photos), "--model", str(weights), "--out", str(photos)]
         )
@@ -350,6 +351,9 @@ def test_cli_predict_twice_into_its_input_folder_reads_only_the_inputs(
         records = json.loads((photos / "predictions.json").read_text())
         assert sorted({d["path"] for d in records}) == inputs and len(records) == 2 + 3
     assert (photos / "clip_annotated.mp4").is_file() and (photos / "clip_timeline.png").is_file()
+    # what was skipped is said: a user's own file named like an output is among it
+    assert f"{photos}: skipped 4 file(s) that a run writes into it" in caplog.text
+    assert "annotated/X.jpg" in caplog.text and "choose another --out" in caplog.text
 
 
 def test_cli_video_every_format(tmp_path, astronaut, tiny_model):

@@ -3,6 +3,7 @@ of images and videos, and how many frames a source holds."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from PIL import Image
 
 from .data import IMAGE_SUFFIXES, hidden, open_image, upright_8bit
 from .outputs import is_run_output
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FILE_KINDS = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
@@ -79,7 +82,18 @@ def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
     skip = skip.resolve()
     if not folder.resolve().is_relative_to(skip):
         return [p for p in files if not p.resolve().is_relative_to(skip)]
-    return [p for p in files if not is_run_output(p.resolve().relative_to(skip))]
+    kept = [p for p in files if not is_run_output(p.resolve().relative_to(skip))]
+    if len(kept) < len(files):  # a user's own party_timeline.png is skipped too: say so
+        names = sorted(set(map(str, files)) - set(map(str, kept)))
+        log.warning(
+            "%s: skipped %d file(s) that a run writes into it (%s%s); "
+            "choose another --out to classify them",
+            folder,
+            len(names),
+            ", ".join(names[:3]),
+            ", ..." if len(names) > 3 else "",
+        )
+    return kept
 
 
 def iter_sources(source: Any, skip: Path | None = None) -> Iterator[np.ndarray | Path]:
