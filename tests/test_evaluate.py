@@ -7,7 +7,7 @@ import torch
 
 from ferlab import EMOTIONS, Classifier
 from ferlab.checkpoint import load_checkpoint, save_checkpoint
-from ferlab.evaluate import Metrics, evaluate_logits, predict_logits
+from ferlab.evaluate import Metrics, evaluate_logits, evaluate_split, predict_logits
 from ferlab.models import create_model
 from ferlab.transforms import tta_views
 
@@ -128,6 +128,9 @@ def test_tta_is_mirror_invariant(tmp_path, tta):
     assert not torch.allclose(a, predict_logits(clf.model, faces, clf.preprocess))
     with pytest.raises(ValueError, match="unknown tta 'crop'; expected one of none, flip"):
         predict_logits(clf.model, faces, clf.preprocess, tta="crop")
+    # checked before the data loads (there is none here), not after
+    with pytest.raises(ValueError, match="unknown tta 'crop'"):
+        evaluate_split(clf, str(tmp_path / "no-such.csv"), tta="crop")
 
 
 def test_shift_views_move_the_face_two_pixels():
@@ -162,7 +165,7 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
 def test_evaluate_split_scores_a_model_on_its_own_held_out_faces(real_csv, tmp_path, caplog):
     """A model trained on a stratified split (seed 3) is evaluated on that split's val faces,
     not on seed 0's, most of which it trained on; other data gets the official split."""
-    from ferlab.evaluate import evaluate_probs, evaluate_split, load_split
+    from ferlab.evaluate import evaluate_probs, load_split
     from ferlab.transforms import preprocess_spec
 
     trained = {"data": str(real_csv), "split": "stratified", "seed": 3}
@@ -190,7 +193,6 @@ def test_evaluate_split_scores_a_model_on_its_own_held_out_faces(real_csv, tmp_p
 
 def test_an_empty_split_is_named(tiny_model, tmp_path):
     from conftest import synthetic_rows, write_csv
-    from ferlab.evaluate import evaluate_split
 
     rows = [r for r in synthetic_rows() if r[2] != "PrivateTest"]
     data = write_csv(tmp_path / "no-private.csv", rows)

@@ -311,6 +311,14 @@ def test_ray_backend_runs_two_trials(tiny_csv, tmp_path):
     assert result["config"]["lr"] == 0.001 and 0 <= result["metrics"]["accuracy"] <= 1
 
 
+def test_an_unknown_backend_is_refused_before_anything_is_written(tiny_csv, tmp_path):
+    # it wrote suite.json first, and with every trial done it was never checked (exit 0)
+    suite = write_suite(tmp_path, tiny_csv, {"a": {}}, repeats=1)
+    with pytest.raises(ValueError, match="unknown backend 'slurm'; expected local or ray"):
+        run_suite(suite, backend="slurm")
+    assert not (Path(suite.out) / suite.name).exists()
+
+
 SUITES = Path(__file__).parent.parent / "configs" / "experiments"
 
 

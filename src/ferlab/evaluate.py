@@ -198,6 +198,9 @@ def evaluate_split(
     """Evaluate a model with ``predict_proba`` (checkpoint or ONNX) on one split of a dataset,
     split as :func:`split_for` says. ``tta=None`` keeps the model's own: none, or an
     ensemble's calibrated one."""
+    from .transforms import check_tta
+
+    check_tta(tta)  # before the data loads
     mode, seed, ignore = split_for(classifier, data_path, split_mode, ignore_unknown)
     part = load_split(data_path, split, mode, seed, ignore)
     return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)

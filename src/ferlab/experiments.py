@@ -241,6 +241,8 @@ def run_suite(
 ) -> list[Trial]:
     """Run the suite's unfinished trials; returns every trial (done, failed or skipped).
     Writes ``suite.json`` beside them, so that ``ferlab report`` rebuilds the same report."""
+    if backend not in ("local", "ray"):  # before suite.json, and with nothing left to run
+        raise ValueError(f"unknown backend {backend!r}; expected local or ray")
     trials = suite.trials(repeats, variants)
     todo = []
     for t in trials:
@@ -270,8 +272,6 @@ def run_suite(
 
         if backend == "local":
             run_local(todo, suite.report_split, workers)
-        elif backend == "ray":
-            run_ray(todo, suite.report_split, workers, address)
         else:
-            raise ValueError(f"unknown backend {backend!r}; expected local or ray")
+            run_ray(todo, suite.report_split, workers, address)
     return trials
