@@ -260,6 +260,12 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
     for nproc in (1, 2):
         with pytest.raises(ValueError, match=r"config device: cuda:99 is not on this machine"):
             train(_cfg(tmp_path / "no.csv", tmp_path, device="cuda:99"), nproc=nproc)
+    # so do a missing teacher and pretrained file (the teacher once logged "scoring" first)
+    with pytest.raises(ValueError, match=r"config teacher: no-such-run: no such model or file"):
+        train(_cfg(tmp_path / "no.csv", tmp_path, teacher="no-such-run"))
+    bad = dict(model="vgg19", model_kwargs={}, pretrained="no-such.pth")
+    with pytest.raises(ValueError, match=r"config pretrained: no-such.pth: no such file"):
+        train(_cfg(tmp_path / "no.csv", tmp_path, **bad))
     assert not (tmp_path / "runs").exists()
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
+from .classifier import model_file
 from .config import RUNTIME_KEYS, TrainConfig
 from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
@@ -323,6 +324,12 @@ def _prepare(
         paths = {
             k: os.path.abspath(v) for k in _PATHS if (v := getattr(cfg, k)) and Path(v).exists()
         }
+        # missing files fail now, not once the data has loaded (a teacher's name is looked
+        # up as load_model does)
+        if cfg.teacher and not model_file(cfg.teacher).exists():
+            raise ValueError(f"config teacher: {cfg.teacher}: no such model or file")
+        if cfg.pretrained not in ("", "imagenet") and "pretrained" not in paths:
+            raise ValueError(f"config pretrained: {cfg.pretrained}: no such file")
         return replace(cfg, **paths), run_dir, None
     run_dir = Path(resume)
     ckpt = load_checkpoint(run_dir / "last.pt")
