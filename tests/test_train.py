@@ -260,6 +260,9 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
     for nproc in (1, 2):
         with pytest.raises(ValueError, match=r"config device: cuda:99 is not on this machine"):
             train(_cfg(tmp_path / "no.csv", tmp_path, device="cuda:99"), nproc=nproc)
+    with pytest.raises(ValueError, match=r"config name: expected a folder name \(no / or ..\)"):
+        train(_cfg(tiny_csv, tmp_path, name="../escape", epochs=1))  # it was written there
+    assert not (tmp_path / "escape").exists()
     # so do a missing teacher and pretrained file (the teacher once logged "scoring" first)
     with pytest.raises(ValueError, match=r"config teacher: no-such-run: no such model or file"):
         train(_cfg(tmp_path / "no.csv", tmp_path, teacher="no-such-run"))

@@ -233,6 +233,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
         if getattr(cfg, key) and cfg.model != "vgg19":
             raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")
     _check_device(cfg.device)
+    # a run lives at out/name: "../x" or "a/b" would put it elsewhere than out says
+    if cfg.name and (os.sep in cfg.name or "/" in cfg.name or cfg.name in (".", "..")):
+        raise ConfigError("name", f"expected a folder name (no / or ..), got {cfg.name!r}")
     _check_model_kwargs(cfg)
 
 
