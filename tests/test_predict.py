@@ -356,6 +356,17 @@ def test_cli_predict_twice_into_its_input_folder_reads_only_the_inputs(
     assert "annotated/X.jpg" in caplog.text and "choose another --out" in caplog.text
 
 
+def test_cli_refuses_no_detect_with_a_detector(tmp_path):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    # --detector was ignored without a word; the model does not exist: the check is first
+    args = ["predict", "x.jpg", "--model", "no-such.pt", "--no-detect", "--detector", "dlib"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and "--no-detect and --detector dlib: choose one" in str(r.exception)
+
+
 def test_cli_video_every_format(tmp_path, astronaut, tiny_model):
     from typer.testing import CliRunner
 

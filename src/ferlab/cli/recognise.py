@@ -24,7 +24,9 @@ def predict(
     runtime: Annotated[
         str, typer.Option(help="torch or onnx (exports the model on the fly)")
     ] = "torch",
-    detector: Annotated[str, typer.Option(help="Face detector (haar, ...) or none")] = "haar",
+    detector: Annotated[
+        str | None, typer.Option(help="Face detector (haar, ...) or none \\[default: haar]")
+    ] = None,
     no_detect: Annotated[
         bool, typer.Option("--no-detect", help="Inputs are face crops (centre square)")
     ] = False,
@@ -46,7 +48,10 @@ def predict(
     from ..predict import Predictor
 
     formats = parse_formats(format or ("json,csv,md" if out else "json"), out)
-    predictor = Predictor(_load(model, runtime), "none" if no_detect else detector, batch_size, tta)
+    if no_detect and detector not in (None, "none"):  # one of them would be ignored
+        raise ValueError(f"--no-detect and --detector {detector}: choose one")
+    detector = "none" if no_detect else detector or "haar"
+    predictor = Predictor(_load(model, runtime), detector, batch_size, tta)
     # folders are read without the files under --out: the annotated images and videos of
     # an earlier run into photos/res must not become inputs of `predict photos/ --out photos/res`
     frames = predictor(sources, every=every, smooth=smooth, skip=out)
