@@ -93,7 +93,7 @@ def available_detectors() -> tuple[str, ...]:
         try:
             create_detector(name)
         except (ImportError, RuntimeError) as e:
-            log.info("face detector %s unavailable: %s", name, e)
+            log.debug("face detector %s unavailable: %s", name, e)  # an extra not installed
             continue
         names.append(name)
     return tuple(names)
