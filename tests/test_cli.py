@@ -251,3 +251,19 @@ def test_evaluate_on_a_folder_with_an_unknown_class(tmp_path):
         "metrics.json",
         "metrics.md",
     ]
+
+
+def test_a_corrupt_video_is_one_line_without_ffmpegs_own(tmp_path):
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(tmp_path / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    for _ in range(30):
+        writer.write(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.mp4"  # a download cut short: no index ("moov atom")
+    cut.write_bytes((tmp_path / "v.mp4").read_bytes()[:3000])
+    r = run_ferlab("predict", str(cut), "--model", "fast")
+    assert r.returncode == 1 and f"{cut}: not a readable video" in r.stderr, r.stderr
+    assert "moov atom" not in r.stderr, r.stderr

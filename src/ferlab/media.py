@@ -4,6 +4,7 @@ of images and videos, and how many frames a source holds."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from .data import IMAGE_SUFFIXES, hidden, open_image, upright_8bit
 from .outputs import is_run_output
 
 log = logging.getLogger(__name__)
+# FFmpeg prints its own lines ("moov atom not found") for a corrupt video, beside ferlab's
+# one-line error; OpenCV reads this as each capture opens. A user's own setting is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FILE_KINDS = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
