@@ -95,8 +95,8 @@ def test_bad_manifests_fail_with_the_file_named(tmp_path):
         load_ensemble(bad)
     preds = tmp_path / "predictions.json"  # JSON, but a list: neither manifest nor export
     preds.write_text(json.dumps([{"path": "a.jpg", "faces": []}]))
-    with pytest.raises(FileNotFoundError, match=r"predictions\.safetensors: not found"):
-        load_model(preds)
+    with pytest.raises(FileNotFoundError, match=r"predictions\.safetensors: not found \(a ferlab"):
+        load_model(preds)  # said as what a model file is, not only as a missing file
 
 
 def test_saving_replaces_the_whole_ensemble_or_nothing(tmp_path, monkeypatch):

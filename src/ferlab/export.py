@@ -340,15 +340,22 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
 
     stem = _stem(path)
     meta, weights = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
-    for p in (meta, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: not found")
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: not found")
+    if not weights.is_file():  # a JSON that is neither an export nor a manifest, say
+        raise FileNotFoundError(
+            f"{weights}: not found (a ferlab export is a .json and a .safetensors file; "
+            "an ensemble manifest has kind, members and tta)"
+        )
     try:
         info = json.loads(meta.read_text())
+    except ValueError as e:
+        raise ValueError(f"{meta}: not a ferlab export ({e})") from None
+    try:
         blob = weights.read_bytes()
         state = load(blob)
     except (ValueError, SafetensorError) as e:
-        raise ValueError(f"{stem}: not a ferlab safetensors export ({e})") from None
+        raise ValueError(f"{weights}: not a safetensors file ({e})") from None
     if not isinstance(info, dict):
         raise ValueError(f"{meta}: not a ferlab export (expected a JSON object)")
     missing = [k for k in REQUIRED if k not in info]
