@@ -308,7 +308,7 @@ def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out
     monkeypatch.chdir(tmp_path)
     # members of different splits have no common held-out faces
     members[1].meta["config"] = {"data": data, "split": "stratified", "seed": 4}
-    with pytest.raises(ValueError, match="members were trained on different splits"):
+    with pytest.raises(ValueError, match=r"different splits: .*; stratified \(seed 4\)$"):
         build_ensemble(members, data, "PublicTest")
 
 

@@ -130,7 +130,13 @@ def build_ensemble(
         )
     splits = {split_for(m, data) for m in members}
     if len(splits) > 1:  # one member's held-out faces would be another's training faces
-        raise ValueError(f"{data}: the members were trained on different splits {sorted(splits)}")
+        said = "; ".join(
+            mode
+            + (f" (seed {seed})" if mode == "stratified" else "")
+            + (", unknown class folders ignored" if ignore else "")
+            for mode, seed, ignore in sorted(splits)
+        )
+        raise ValueError(f"{data}: the members were trained on different splits: {said}")
     mode, seed, ignore = splits.pop()
     part = load_split(data, split, mode, seed, ignore)
     # resolved: evaluating the manifest from another directory must find the same split
