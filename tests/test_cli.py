@@ -90,6 +90,11 @@ def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
         False,
         str(tiny_csv),
     )
+    # a key given as a flag and as --set: the flag won without a word
+    r = runner.invoke(cli.app, ["train", "--data", "a.csv", "--set", "data=b.csv", "--lr", "1"])
+    assert r.exit_code != 0 and "--data and --set data=...: give data once" in str(r.exception)
+    r = runner.invoke(cli.app, ["train", "--batch-size", "8", "--set", "batch_size=16"])
+    assert "--batch-size and --set batch_size=...: give batch_size once" in str(r.exception)
     r = runner.invoke(cli.app, ["train", "--resume", "runs/old", "--set", "threads=2"])
     assert r.exit_code == 0 and seen["resume"] == Path("runs/old")
     assert seen["runtime"] == {"threads": 2}

@@ -54,7 +54,12 @@ def data_info(
 
 def _config(config: Path | None, overrides: list[str], **flags) -> TrainConfig:
     values = dict(parse_override(s) for s in overrides)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    both = sorted(k for k in given if k in values)
+    if both:  # one of the two would be dropped without a word
+        flag = both[0].replace("_", "-")
+        raise ValueError(f"--{flag} and --set {both[0]}=...: give {both[0]} once")
+    values.update(given)
     return TrainConfig.from_yaml(config, **values)
 
 
