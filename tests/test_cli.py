@@ -141,6 +141,7 @@ def test_train_then_evaluate_end_to_end(tiny_csv, tmp_path):
     ).is_file()
     r = run_ferlab("evaluate", str(out / "e2e"), "--data", str(tiny_csv), "--split", "Test")
     assert r.returncode == 2 and "unknown split 'Test'" in r.stderr
+    assert "PrivateTest, train, val, test" in r.stderr  # a folder's names are offered too
 
 
 def test_evaluate_takes_a_shipped_name(tiny_csv):

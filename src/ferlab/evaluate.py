@@ -252,7 +252,8 @@ def load_split(
 
     key = SPLIT_ALIASES.get(split, split)
     if key not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; expected {', '.join(SPLIT_ALIASES)}")
+        names = [*SPLIT_ALIASES, *SPLIT_ALIASES.values()]
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(names)}")
     part = split_dataset(load_dataset(data_path, ignore_unknown), split_mode, seed)[key]
     if len(part) == 0:
         raise ValueError(f"{data_path}: split {split!r} ({split_mode} split) holds no faces")
