@@ -70,7 +70,7 @@ def demo_image() -> np.ndarray:
     return data.astronaut()
 
 
-def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
+def iter_files(folder: Path, skip: Path | None = None, quiet: bool = False) -> list[Path]:
     """Images and videos under ``folder``, recursively, in sorted order, but no hidden ones
     (macOS's ``._x.jpg``, ``.thumbnails/``) and none under ``skip``: a run's output folder
     inside its input folder holds annotated images and videos that a second run must not
@@ -87,7 +87,7 @@ def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
     if not folder.resolve().is_relative_to(skip):
         return [p for p in files if not p.resolve().is_relative_to(skip)]
     kept = [p for p in files if not is_run_output(p.resolve().relative_to(skip))]
-    if len(kept) < len(files):  # a user's own party_timeline.png is skipped too: say so
+    if len(kept) < len(files) and not quiet:  # a user's own x_timeline.png too: say so
         names = sorted(set(map(str, files)) - set(map(str, kept)))
         log.warning(
             "%s: skipped %d file(s) that a run writes into it (%s%s); "
@@ -100,11 +100,14 @@ def iter_files(folder: Path, skip: Path | None = None) -> list[Path]:
     return kept
 
 
-def iter_sources(source: Any, skip: Path | None = None) -> Iterator[np.ndarray | Path]:
+def iter_sources(
+    source: Any, skip: Path | None = None, quiet: bool = False
+) -> Iterator[np.ndarray | Path]:
     """Each array, file and empty folder of ``source`` (path, folder, array, or a list of
     these), folders expanded, a file given twice (``vids/ vids/a.mp4``) once: outputs are
     named by path, so a second pass would append to the first's annotated video.
-    Folders are expanded without the files under ``skip`` (:func:`iter_files`)."""
+    Folders are expanded without the files under ``skip`` (:func:`iter_files`; ``quiet``: not
+    said again, as when frames are counted before they are read)."""
     seen: set[Path] = set()
 
     def walk(item: Any) -> Iterator[np.ndarray | Path]:
@@ -112,7 +115,7 @@ def iter_sources(source: Any, skip: Path | None = None) -> Iterator[np.ndarray |
             yield item
         elif isinstance(item, str | Path):
             path = Path(item)
-            files = iter_files(path, skip) if path.is_dir() else [path]
+            files = iter_files(path, skip, quiet) if path.is_dir() else [path]
             if not files:
                 yield path  # an empty folder: reported, not silently skipped
             for f in files:
@@ -132,7 +135,7 @@ def count_frames(source: Any, every: int = 1, skip: Path | None = None) -> int |
     """How many images or frames ``source`` yields (for progress bars); None if unknown."""
     total = 0
     try:
-        for item in iter_sources(source, skip):
+        for item in iter_sources(source, skip, quiet=True):
             if isinstance(item, Path) and item.suffix.lower() in VIDEO_SUFFIXES:
                 import cv2
 
