@@ -277,12 +277,24 @@ def _check_model_kwargs(cfg: TrainConfig) -> None:
             raise ConfigError("model_kwargs", str(e)) from None
 
 
+PATH_KEYS = ("data", "teacher", "pretrained")  # files a run reads (a teacher may be a name)
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each of ``PATH_KEYS`` that names a file here made absolute: a run
+    records where its files are, so that a resume or an evaluation from another folder finds
+    them (and a stratified split's held-out faces are recognised there)."""
+    found = {k: v for k in PATH_KEYS if isinstance(v := values.get(k), str) and v}
+    return {**values, **{k: os.path.abspath(v) for k, v in found.items() if Path(v).exists()}}
+
+
 def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The recipe keys on which two saved configs differ: seeds, paths and runtime keys
-    aside, and defaults filled in for keys an older ferlab did not write."""
+    aside, defaults filled in for keys an older ferlab did not write, and a file named
+    relatively in one and absolutely in the other counted as the same."""
     defaults = TrainConfig().to_dict()
     # through JSON, as result.json holds them: a tuple default and a saved list are equal
-    a, b = (json.loads(json.dumps({**defaults, **x})) for x in (a, b))
+    a, b = (json.loads(json.dumps(absolute_paths({**defaults, **x}))) for x in (a, b))
     return sorted(k for k in (a.keys() | b.keys()) - NOT_RECIPE if a.get(k) != b.get(k))
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
 from .classifier import model_file
-from .config import RUNTIME_KEYS, TrainConfig
+from .config import PATH_KEYS, RUNTIME_KEYS, TrainConfig, absolute_paths
 from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
@@ -305,9 +305,6 @@ def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, dev
     return evaluate_logits(logits.cpu(), data["val_y"].cpu())
 
 
-_PATHS = ("data", "teacher", "pretrained")  # files a run reads (a teacher may be a name)
-
-
 def _prepare(
     cfg: TrainConfig, resume: str | Path | None, runtime: dict[str, Any] | None
 ) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
@@ -318,18 +315,13 @@ def _prepare(
         # its best.pt (and history), which a new run would overwrite
         if any((run_dir / f).exists() for f in ("last.pt", "best.pt")):
             raise FileExistsError(f"{run_dir} already holds a run; resume it or pick a new name")
-        # the run records where its files are, not where they were from the launch's folder:
-        # a resume or an evaluation from another folder finds them (and a stratified split's
-        # held-out faces are recognised as such)
-        paths = {
-            k: os.path.abspath(v) for k in _PATHS if (v := getattr(cfg, k)) and Path(v).exists()
-        }
         # missing files fail now, not once the data has loaded (a teacher's name is looked
         # up as load_model does)
         if cfg.teacher and not model_file(cfg.teacher).exists():
             raise ValueError(f"config teacher: {cfg.teacher}: no such model or file")
-        if cfg.pretrained not in ("", "imagenet") and "pretrained" not in paths:
+        if cfg.pretrained not in ("", "imagenet") and not Path(cfg.pretrained).exists():
             raise ValueError(f"config pretrained: {cfg.pretrained}: no such file")
+        paths = absolute_paths({k: getattr(cfg, k) for k in PATH_KEYS})
         return replace(cfg, **paths), run_dir, None
     run_dir = Path(resume)
     ckpt = load_checkpoint(run_dir / "last.pt")
