@@ -476,20 +476,6 @@ def test_reports_fill_in_settings_an_older_version_did_not_save(tmp_path):
     assert recipe_changes(old, {**new, "mix_prob": 0.5}) == ["mix_prob"]
 
 
-def test_a_file_named_relatively_or_absolutely_is_one_recipe(tiny_csv, tmp_path, monkeypatch):
-    """Runs record absolute paths; a suite resumed from the folder it was launched in names
-    them relatively: its finished trials must still count as the same recipe."""
-    from ferlab.config import recipe_changes
-
-    monkeypatch.chdir(tmp_path)
-    assert recipe_changes({"data": "tiny.csv"}, {"data": str(tiny_csv)}) == []
-    (tmp_path / "other.csv").write_bytes(tiny_csv.read_bytes())
-    assert recipe_changes({"data": "other.csv"}, {"data": str(tiny_csv)}) == ["data"]
-    suite = write_suite(tmp_path, "tiny.csv", {"a": {}}, repeats=1)
-    run_suite(suite)
-    run_suite(suite)  # the finished trial is recognised, not refused as another recipe
-
-
 @pytest.mark.parametrize(
     "name, what, texts",
     [

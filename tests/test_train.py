@@ -137,34 +137,6 @@ def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
         train(_cfg(tiny_csv, tmp_path, name="a", epochs=1))
 
 
-def test_a_run_records_its_data_path_from_anywhere(tiny_csv, tmp_path, monkeypatch):
-    """Launched with a relative --data, a run is resumed and evaluated from another folder,
-    and its stratified split's held-out faces are recognised there (they were not: the saved
-    relative path pointed elsewhere, and evaluate fell back to the official split)."""
-    from ferlab.evaluate import split_for
-
-    train_module = sys.modules["ferlab.train"]
-    real_epoch, calls = train_module.train_one_epoch, []
-
-    def killed_in_epoch_2(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kw)
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg("tiny.csv", tmp_path, name="rel", epochs=2, split="stratified", seed=3))
-    run = tmp_path / "runs" / "rel"
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(tiny_csv)
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
-    monkeypatch.chdir(tmp_path.parent)
-    train(TrainConfig(), resume=run, runtime={"threads": 1})
-    assert len(_rows(run)) == 2
-    assert split_for(load_model(run), str(tiny_csv)) == ("stratified", 3, False)
-
-
 def test_mixing_changes_training_only_when_on(tiny_csv, tmp_path):
     plain = train(_cfg(tiny_csv, tmp_path, name="plain", epochs=1, batch_size=16))
     # off (prob 0) draws nothing from the generator: the run is the plain one, row for row
@@ -245,8 +217,8 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
         ("loss", "hinge", "config loss: expected one of ce, focal"),
         ("monitor", "f1", "config monitor: expected one of val_loss, val_acc"),  # ran as val_acc
         ("epochs", 0, "config epochs: expected a value at least 1"),
-        ("device", "tpu", "config device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
-        ("device", "cuda:x", "config device: expected auto, cpu, cuda or cuda:N"),
+        ("device", "tpu", "config device: expected auto or a PyTorch device .*, got 'tpu'"),
+        ("device", "cuda:x", "config device: expected auto or a PyTorch device"),
     ]:
         with pytest.raises(ValueError, match=message):
             train(_cfg(tiny_csv, tmp_path, name=key, **{"epochs": 1, key: value}))
@@ -260,9 +232,10 @@ def test_bad_choices_fail_loudly(tiny_csv, tmp_path):
     for nproc in (1, 2):
         with pytest.raises(ValueError, match=r"config device: cuda:99 is not on this machine"):
             train(_cfg(tmp_path / "no.csv", tmp_path, device="cuda:99"), nproc=nproc)
-    with pytest.raises(ValueError, match=r"config name: expected a folder name \(no / or ..\)"):
-        train(_cfg(tiny_csv, tmp_path, name="../escape", epochs=1))  # it was written there
-    assert not (tmp_path / "escape").exists()
+    for name in ("../escape", str(tmp_path / "abs")):  # each was written there
+        with pytest.raises(ValueError, match=r"config name: expected a path under out"):
+            train(_cfg(tiny_csv, tmp_path, name=name, epochs=1))
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "abs").exists()
     # so do a missing teacher and pretrained file (the teacher once logged "scoring" first)
     with pytest.raises(ValueError, match=r"config teacher: no-such-run: no such model or file"):
         train(_cfg(tmp_path / "no.csv", tmp_path, teacher="no-such-run"))

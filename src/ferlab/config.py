@@ -233,9 +233,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
         if getattr(cfg, key) and cfg.model != "vgg19":
             raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")
     _check_device(cfg.device)
-    # a run lives at out/name: "../x" or "a/b" would put it elsewhere than out says
-    if cfg.name and (os.sep in cfg.name or "/" in cfg.name or cfg.name in (".", "..")):
-        raise ConfigError("name", f"expected a folder name (no / or ..), got {cfg.name!r}")
+    # a run lives under out: "../x" or "/x" would put it elsewhere
+    if cfg.name and (Path(cfg.name).is_absolute() or ".." in Path(cfg.name).parts):
+        raise ConfigError("name", f"expected a path under out (no .. or /...), got {cfg.name!r}")
     _check_model_kwargs(cfg)
 
 
@@ -244,12 +244,13 @@ def _check_device(name: str) -> None:
     (a GPU run's config is read back on CPU machines to evaluate its model)."""
     import torch
 
-    try:
-        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda")
-    except (RuntimeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError("device", f"expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if name != "auto":
+        try:
+            torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ConfigError(
+                "device", f"expected auto or a PyTorch device (cpu, cuda, cuda:1), got {name!r}"
+            ) from None
 
 
 def _check_model_kwargs(cfg: TrainConfig) -> None:
@@ -277,24 +278,12 @@ def _check_model_kwargs(cfg: TrainConfig) -> None:
             raise ConfigError("model_kwargs", str(e)) from None
 
 
-PATH_KEYS = ("data", "teacher", "pretrained")  # files a run reads (a teacher may be a name)
-
-
-def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with each of ``PATH_KEYS`` that names a file here made absolute: a run
-    records where its files are, so that a resume or an evaluation from another folder finds
-    them (and a stratified split's held-out faces are recognised there)."""
-    found = {k: v for k in PATH_KEYS if isinstance(v := values.get(k), str) and v}
-    return {**values, **{k: os.path.abspath(v) for k, v in found.items() if Path(v).exists()}}
-
-
 def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The recipe keys on which two saved configs differ: seeds, paths and runtime keys
-    aside, defaults filled in for keys an older ferlab did not write, and a file named
-    relatively in one and absolutely in the other counted as the same."""
+    aside, and defaults filled in for keys an older ferlab did not write."""
     defaults = TrainConfig().to_dict()
     # through JSON, as result.json holds them: a tuple default and a saved list are equal
-    a, b = (json.loads(json.dumps(absolute_paths({**defaults, **x}))) for x in (a, b))
+    a, b = (json.loads(json.dumps({**defaults, **x})) for x in (a, b))
     return sorted(k for k in (a.keys() | b.keys()) - NOT_RECIPE if a.get(k) != b.get(k))
 
 

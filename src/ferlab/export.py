@@ -263,10 +263,11 @@ def export_int8(
     from .evaluate import load_split, split_for
 
     _onnx_name(path)  # before minutes of export and calibration
-    train = load_split(data, "Training", *split_for(classifier, data))
-    faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
     with tempfile.TemporaryDirectory() as tmp:
-        return quantize_onnx(_float_onnx(classifier, tmp), path, faces)
+        source = _float_onnx(classifier, tmp)  # what it refuses, it refuses before the data
+        train = load_split(data, "Training", *split_for(classifier, data))
+        faces = stratified_subset(train, min(1.0, n / len(train)), seed=0).images
+        return quantize_onnx(source, path, faces)
 
 
 def _float_onnx(classifier: Classifier | OnnxClassifier, tmp: str) -> Path:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
 from .classifier import model_file
-from .config import PATH_KEYS, RUNTIME_KEYS, TrainConfig, absolute_paths
+from .config import RUNTIME_KEYS, TrainConfig
 from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
 from .evaluate import evaluate_logits, predict_logits
@@ -321,8 +321,7 @@ def _prepare(
             raise ValueError(f"config teacher: {cfg.teacher}: no such model or file")
         if cfg.pretrained not in ("", "imagenet") and not Path(cfg.pretrained).exists():
             raise ValueError(f"config pretrained: {cfg.pretrained}: no such file")
-        paths = absolute_paths({k: getattr(cfg, k) for k in PATH_KEYS})
-        return replace(cfg, **paths), run_dir, None
+        return cfg, run_dir, None
     run_dir = Path(resume)
     ckpt = load_checkpoint(run_dir / "last.pt")
     bad = sorted(set(runtime or {}) - set(RUNTIME_KEYS))
