@@ -151,7 +151,7 @@ def test_suite_end_to_end_resume_and_failure(tiny_csv, tmp_path, monkeypatch, ca
     assert re.search(r"\[1 done, 0 failed, 1 running, 4 left, suite ETA \d+ min\]", caplog.text)
     assert "[4 done, 2 failed, 0 running, 0 left, suite ETA 0 min] finished" in caplog.text
     err = json.loads((tmp_path / "exp/tiny/broken/seed0/error.json").read_text())
-    assert "no.pth: pretrained weights not found" in err["error"]
+    assert "no.pth: no such file" in err["error"]  # refused before the data loads
     seed1 = tmp_path / "exp/tiny/broken/seed1/error.json"  # as a worker's traceback reads
     seed1.write_text(json.dumps({**err, "error": "Traceback:\n  line two | x\nValueError: y"}))
     build_report(tmp_path / "exp" / "tiny", baseline="base")
@@ -239,6 +239,8 @@ def test_cli_experiment_with_workers_and_budget(tiny_csv, tmp_path):
     assert r.exit_code == 1 and "was started with other epochs" in r.output
     # a variant the suite no longer has stays out of its report
     shutil.copytree(root / "b", root / "dropped")
+    result = root / "dropped" / "seed0" / "result.json"  # (a copy keeping "b" is refused)
+    result.write_text(json.dumps({**json.loads(result.read_text()), "variant": "dropped"}))
     r = CliRunner().invoke(app, [*args, "--epochs", "2"])
     assert r.exit_code == 0, r.output
     assert json.loads((root / "a" / "seed0" / "result.json").read_text())["config"]["epochs"] == 2

@@ -440,7 +440,9 @@ def test_mixup_mixes_the_teachers_targets_like_the_faces(real_csv, tmp_path, mon
 
     monkeypatch.setattr(train_module, "teacher_probs", one_hot_teacher)
     monkeypatch.setattr(train_module, "distill_loss", recording)
-    train(_cfg(real_csv, tmp_path, name="kd-mix", teacher="t", epochs=1, mixup=0.4))
+    teacher = tmp_path / "t.pt"  # it must exist; teacher_probs above stands in for reading it
+    teacher.touch()
+    train(_cfg(real_csv, tmp_path, name="kd-mix", teacher=str(teacher), epochs=1, mixup=0.4))
     rows = torch.cat(seen)
     torch.testing.assert_close(rows.sum(1), torch.ones(len(rows)))
     assert int((rows > 0).sum(1).max()) == 2  # each a blend of two faces' targets
