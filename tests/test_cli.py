@@ -95,6 +95,8 @@ def test_train_flags_and_set_reach_the_config(tiny_csv, tmp_path, monkeypatch):
     assert r.exit_code != 0 and "--data and --set data=...: give data once" in str(r.exception)
     r = runner.invoke(cli.app, ["train", "--batch-size", "8", "--set", "batch_size=16"])
     assert "--batch-size and --set batch_size=...: give batch_size once" in str(r.exception)
+    r = runner.invoke(cli.app, ["train", "--resume", "x", "--device", "cpu", "--set", "device=0"])
+    assert "--device and --set device=...: give device once" in str(r.exception)
     r = runner.invoke(cli.app, ["train", "--resume", "runs/old", "--set", "threads=2"])
     assert r.exit_code == 0 and seen["resume"] == Path("runs/old")
     assert seen["runtime"] == {"threads": 2}

@@ -52,15 +52,19 @@ def data_info(
         console.print(f"wrote {a} and {b}")
 
 
-def _config(config: Path | None, overrides: list[str], **flags) -> TrainConfig:
+def _settings(overrides: list[str], **flags) -> dict:
+    """``--set key=value`` pairs and the flags given, a key given both ways refused."""
     values = dict(parse_override(s) for s in overrides)
     given = {k: v for k, v in flags.items() if v is not None}
     both = sorted(k for k in given if k in values)
     if both:  # one of the two would be dropped without a word
         flag = both[0].replace("_", "-")
         raise ValueError(f"--{flag} and --set {both[0]}=...: give {both[0]} once")
-    values.update(given)
-    return TrainConfig.from_yaml(config, **values)
+    return {**values, **given}
+
+
+def _config(config: Path | None, overrides: list[str], **flags) -> TrainConfig:
+    return TrainConfig.from_yaml(config, **_settings(overrides, **flags))
 
 
 @app.command()
@@ -106,9 +110,7 @@ def train(
         given = sorted(k for k, v in recipe.items() if v is not None)
         if given:
             raise ValueError(f"--resume continues a run with its own recipe; drop {given}")
-        runtime = dict(parse_override(s) for s in set_ or [])
-        if device is not None:
-            runtime["device"] = device
+        runtime = _settings(set_ or [], device=device)
         run_dir = run_training(TrainConfig(), resume=resume, runtime=runtime, nproc=nproc)
     else:
         check_out(out)
