@@ -86,18 +86,17 @@ def iter_files(folder: Path, skip: Path | None = None, quiet: bool = False) -> l
     skip = skip.resolve()
     if not folder.resolve().is_relative_to(skip):
         return [p for p in files if not p.resolve().is_relative_to(skip)]
-    kept = [p for p in files if not is_run_output(p.resolve().relative_to(skip))]
-    if len(kept) < len(files) and not quiet:  # a user's own x_timeline.png too: say so
-        names = sorted(set(map(str, files)) - set(map(str, kept)))
+    outputs = [p for p in files if is_run_output(p.resolve().relative_to(skip))]
+    if outputs and not quiet:  # a user's own x_timeline.png is among them too: say so
+        shown = ", ".join(map(str, outputs[:3])) + (", ..." if len(outputs) > 3 else "")
         log.warning(
-            "%s: skipped %d file(s) that a run writes into it (%s%s); "
+            "%s: skipped %d file(s) that a run writes into it (%s); "
             "choose another --out to classify them",
             folder,
-            len(names),
-            ", ".join(names[:3]),
-            ", ..." if len(names) > 3 else "",
+            len(outputs),
+            shown,
         )
-    return kept
+    return [p for p in files if p not in outputs]
 
 
 def iter_sources(

@@ -28,10 +28,9 @@ def resolve_device(name: str) -> torch.device:
     otherwise fail as a traceback once the data had loaded."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        found = torch.cuda.device_count() if torch.cuda.is_available() else "no"
-        raise ValueError(f"config device: {name} is not on this machine ({found} CUDA devices)")
+    device, count = torch.device(name), torch.cuda.device_count()  # 0 without CUDA
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"config device: {name} is not on this machine ({count} CUDA devices)")
     return device
 
 
