@@ -281,6 +281,9 @@ def test_config_yaml_and_overrides(tmp_path):
         # settings the chosen loss would drop silently
         ("focal_alpha: [1, 1, 1, 1, 1, 1, 1]", "focal_alpha: applies to loss: focal only"),
         ("{loss: focal, label_smoothing: 0.1}", "label_smoothing: applies to loss: ce only"),
+        ("{augment: false, crop: 44}", "config crop: applies with augment: true only"),
+        ("crop: 8", r"config crop: expected a value 0 \(off\) or in \[16, 48\], got 8"),
+        ("crop: 50", r"config crop: expected a value 0 \(off\) or in \[16, 48\], got 50"),
         # misspelt choices: each once failed only after the data loaded, without the file
         ("optimizer: adamm", "config optimizer: expected one of adam, adamw, sgd, got 'adamm'"),
         ("scheduler: cos", "config scheduler: expected one of plateau, cosine, onecycle, none"),

@@ -30,6 +30,21 @@ def test_augment_is_seeded_per_sample_and_batched():
     assert not torch.allclose(out[0], out[1])
 
 
+def test_crop_keeps_the_pixel_scale_and_stays_inside():
+    # channel 0 rises by 1 per pixel in x, channel 1 in y: a crop of them rises by the same
+    # steps and starts somewhere in [0, 48 - 44] pixels, each sample at its own place
+    ramp = torch.arange(48.0)
+    x = torch.stack([ramp.expand(48, 48), ramp.view(48, 1).expand(48, 48)]).expand(16, 2, 48, 48)
+    aug = Augment(hflip=0, rotate=0, shift=0, shear=0, zoom=0, crop=44)
+    out = aug(x.contiguous(), torch.Generator().manual_seed(0))
+    assert out.shape == (16, 2, 44, 44)
+    ones = torch.ones(16, 43, 44)
+    torch.testing.assert_close(out[:, 0].diff(dim=-1), ones.transpose(1, 2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[:, 1].diff(dim=-2), ones, atol=1e-4, rtol=0)
+    start = out[:, :, 0, 0]  # (left, top) of each crop
+    assert ((start >= 0) & (start <= 4)).all() and (start.std(0) > 0.5).all()
+
+
 def test_erasing_fills_a_rectangle():
     x = torch.zeros(8, 1, 48, 48)
     out = Augment(hflip=0, rotate=0, shift=0, shear=0, zoom=0, erase=1.0)(

@@ -71,6 +71,7 @@ class TrainConfig:
     shear: float = 10.0  # degrees, +/-
     zoom: float = 0.1  # +/- fraction of the scale
     erase: float = 0.0  # probability of random erasing
+    crop: int = 0  # train on random crops of this side (44 of 48, say); tests see whole faces
     mixup: float = 0.0  # Beta alpha of mixup's blend (0.2-1 is usual); 0 = off
     cutmix: float = 0.0  # Beta alpha of CutMix's pasted area (1 is usual); 0 = off
     mix_prob: float = 1.0  # share of batches mixed; with mixup and cutmix both on, half each
@@ -171,6 +172,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "shear": at_least(0),
     "zoom": _within(0, 1, open_high=True),
     "erase": _PROBABILITY,
+    "crop": ((lambda v: v == 0 or 16 <= v <= 48), "0 (off) or in [16, 48]"),
     "mixup": at_least(0),
     "cutmix": at_least(0),
     "mix_prob": _PROBABILITY,
@@ -229,6 +231,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
                 f"expected fewer than epochs ({cfg.epochs}) warm-up epochs, "
                 f"got {cfg.warmup_epochs}",
             )
+    if cfg.crop and not cfg.augment:
+        raise ConfigError("crop", "applies with augment: true only, got augment: false")
     for key in ("pretrained", "frozen_blocks"):
         if getattr(cfg, key) and cfg.model != "vgg19":
             raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")

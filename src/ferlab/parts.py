@@ -99,7 +99,9 @@ def build_parts(
     loss_fn = create_loss(cfg.loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
     augment, mix = None, Mix(cfg.mixup, cfg.cutmix, cfg.mix_prob)  # Mix checks its values
     if cfg.augment:
-        augment = Augment(cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase)
+        augment = Augment(
+            cfg.hflip, cfg.rotate, cfg.shift, cfg.shear, cfg.zoom, cfg.erase, cfg.crop
+        )
     return Parts(
         model,
         net,

@@ -132,6 +132,7 @@ class Augment:
     shear: float = 10.0
     zoom: float = 0.1
     erase: float = 0.0  # probability of erasing one random rectangle (2-20% of the area)
+    crop: int = 0  # side of a random square crop, taken in the same resampling; 0 = none
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = x.shape[0]
@@ -151,8 +152,18 @@ class Augment:
         c = (sin * flip) / zoom
         d = (cos + sin * torch.tan(shear)) / zoom
         theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)
+        size = list(x.shape)
+        if self.crop:
+            # a crop is one more affine map, applied first: q in the crop's [-1, 1] is
+            # p = s q + t in the full face's, with s = crop / side and |t| <= 1 - s
+            s = self.crop / x.shape[-1]
+            t = torch.stack([uniform(s - 1, 1 - s), uniform(s - 1, 1 - s)], 1)
+            theta = torch.cat(
+                [theta[:, :, :2] * s, theta[:, :, :2] @ t[:, :, None] + theta[:, :, 2:]], 2
+            )
+            size[-2:] = [self.crop, self.crop]
         theta = theta.to(device=x.device, dtype=x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta, size, align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.erase > 0:
             out = self._erase(out, generator)
