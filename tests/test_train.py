@@ -127,6 +127,44 @@ def test_resume_finishes_a_best_pt_copy_cut_short(real_csv, tmp_path, monkeypatc
     assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
 
 
+def test_a_run_with_a_relative_data_path_resumes_and_evaluates_from_another_folder(
+    real_csv, tmp_path, monkeypatch
+):
+    """Started with ``--data data/x.csv`` in one folder: resumed, and recognised by evaluate
+    (its stratified held-out faces, not the official split), from another. The config keeps
+    the path as given; the checkpoint also holds its absolute form."""
+    from ferlab.evaluate import evaluate_split
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    (start / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    (start / "data" / "x.csv").write_bytes(real_csv.read_bytes())
+    train_module, calls = sys.modules["ferlab.train"], []
+    real_epoch = train_module.train_one_epoch
+
+    def killed_in_epoch_2(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.chdir(start)
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_2)
+    cfg = _cfg("data/x.csv", tmp_path, name="rel", epochs=2, split="stratified", seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    monkeypatch.chdir(elsewhere)  # data/x.csv is not here
+    run = train(TrainConfig(), resume=tmp_path / "runs" / "rel")
+    assert len(_rows(run)) == 2
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["config"]["data"] == "data/x.csv"
+    assert ckpt["paths"] == {"data": str(start / "data" / "x.csv")}
+    # 70 faces: seed 3's stratified val split (10% of 700), not the official 140
+    metrics = evaluate_split(load_model(run), str(start / "data" / "x.csv"), "val")
+    assert sum(metrics.support) == 70
+
+
 def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
     a = train(_cfg(tiny_csv, tmp_path, name="a", epochs=2, batch_size=16))
     b = train(_cfg(tiny_csv, tmp_path, name="b", epochs=2, batch_size=16))

@@ -169,6 +169,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str
         meta={
             "model_kwargs": ckpt.get("model_kwargs", {}),
             "config": ckpt.get("config", {}),
+            "paths": ckpt.get("paths", {}),  # absolute input paths: not exported (machine-local)
             "metrics": ckpt.get("metrics", {}),
         },
         device=device,

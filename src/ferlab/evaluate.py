@@ -218,13 +218,17 @@ def split_for(
     """
     if split_mode not in (None, "official", "stratified"):  # not "unknown split": --split is fine
         raise ValueError(f"split_mode: expected official or stratified, got {split_mode!r}")
-    trained = (getattr(classifier, "meta", None) or {}).get("config") or {}
-    same_data = "data" in trained and Path(trained["data"]).resolve() == Path(data_path).resolve()
+    meta = getattr(classifier, "meta", None) or {}
+    trained = meta.get("config") or {}
+    # the path as given (resolved from here) or, for a checkpoint, as resolved when training
+    # started: a relative --data is recognised from another folder too
+    known = [p for p in (trained.get("data"), (meta.get("paths") or {}).get("data")) if p]
+    same_data = Path(data_path).resolve() in {Path(p).resolve() for p in known}
     if split_mode is None:
         split_mode = trained.get("split", "official") if same_data else "official"
         if trained.get("split") == "stratified" and not same_data:
-            # the saved path is resolved from here: another working directory, or a copy,
-            # is not recognised, and the official split may then hold training faces
+            # a copy, or an export (which carries the path as given only) evaluated from
+            # another folder, is not recognised: the official split may hold training faces
             log.warning(
                 "%s was trained on a stratified split of %s, which %s is not recognised as; "
                 "scoring its official split (if it is the same data, pass split_mode="

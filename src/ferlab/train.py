@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import copy_atomic, load_checkpoint, save_checkpoint
-from .classifier import model_file
+from .classifier import model_file, shipped_models
 from .config import RUNTIME_KEYS, TrainConfig
 from .data import EMOTIONS, atomic_write_bytes
 from .distill import distill_loss, teacher_probs
@@ -173,11 +173,13 @@ def _fit(
     d: distributed.Dist,
 ) -> None:
     torch.manual_seed(cfg.seed)
-    data = load_splits(cfg)
+    paths = ckpt.get("paths", {}) if ckpt is not None else input_paths(cfg)
+    found = _locate(cfg, paths)  # cfg keeps the paths as given: they go on into checkpoints
+    data = load_splits(found)
     if cfg.teacher:
         resuming = ckpt is not None
-        data["train_soft"] = _teacher_targets(cfg.teacher, data["train_x"], run_dir, resuming, d)
-    parts = build_parts(cfg, data, device, d)
+        data["train_soft"] = _teacher_targets(found.teacher, data["train_x"], run_dir, resuming, d)
+    parts = build_parts(found, data, device, d)
     if d.active:  # same initial weights above; from here each rank draws its own dropout
         torch.manual_seed(distributed.rank_seed(cfg.seed, d))
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
@@ -240,6 +242,7 @@ def _fit(
         if d.main:
             write_history(run_dir, rows)
             ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss, ranks_rng)
+            ckpt_now["paths"] = paths
             save_checkpoint(ckpt_now, run_dir / "last.pt")
             if improved:
                 copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
@@ -330,6 +333,32 @@ def _prepare(
             f"a resumed run keeps its recipe; only {RUNTIME_KEYS} may change, not {bad}"
         )
     return TrainConfig.from_dict({**ckpt["config"], **(runtime or {})}), run_dir, ckpt
+
+
+def input_paths(cfg: TrainConfig) -> dict[str, str]:
+    """The absolute forms of a run's input files (data, and a teacher or pretrained weights
+    given as a file), saved in its checkpoints beside the config's paths as given.
+
+    The config keeps ``../shared/data/...`` as typed, which still works when the repository
+    moves to another machine; the absolute form lets a run started in one folder be resumed,
+    or recognised by ``evaluate``, from another."""
+    given = {"data": cfg.data, "teacher": cfg.teacher, "pretrained": cfg.pretrained}
+    # names (a shipped teacher, pretrained: imagenet) are not paths, even if a file is so named
+    names = set(shipped_models()) | {"", "imagenet"}
+    return {
+        k: str(Path(v).resolve()) for k, v in given.items() if v not in names and Path(v).exists()
+    }
+
+
+def _locate(cfg: TrainConfig, paths: dict[str, str]) -> TrainConfig:
+    """``cfg`` with each input path that is not found from here replaced by its absolute form
+    from :func:`input_paths`, where that exists."""
+    moved = {
+        k: p for k, p in paths.items() if not Path(getattr(cfg, k)).exists() and Path(p).exists()
+    }
+    for key, path in moved.items():
+        log.info("config %s: %s is not found from here; using %s", key, getattr(cfg, key), path)
+    return replace(cfg, **moved)
 
 
 def _advance(state: dict[str, Any], loss: float, epoch: int, patience: int) -> bool:
