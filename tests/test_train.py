@@ -165,6 +165,25 @@ def test_a_run_with_a_relative_data_path_resumes_and_evaluates_from_another_fold
     assert sum(metrics.support) == 70
 
 
+def test_a_path_found_as_given_wins_over_the_recorded_one(tmp_path, monkeypatch):
+    """A repository moved next to another ``shared/`` (another machine) uses the data found
+    from where it runs, not the absolute path its run was started with; names are not paths."""
+    from ferlab.train import _locate, input_paths
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "x.csv").write_text("emotion,pixels,Usage\n")
+    (tmp_path / "imagenet").mkdir()  # a folder named like the pretrained name
+    old = tmp_path / "old.csv"
+    old.write_text("emotion,pixels,Usage\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data="here/x.csv", model="vgg19", pretrained="imagenet")
+    assert input_paths(cfg) == {"data": str(tmp_path / "here" / "x.csv")}
+    assert _locate(cfg, {"data": str(old)}).data == "here/x.csv"
+    monkeypatch.chdir(tmp_path / "here")
+    assert _locate(cfg, {"data": str(old)}).data == str(old)
+    assert _locate(cfg, {"data": str(tmp_path / "gone.csv")}).data == "here/x.csv"
+
+
 def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
     a = train(_cfg(tiny_csv, tmp_path, name="a", epochs=2, batch_size=16))
     b = train(_cfg(tiny_csv, tmp_path, name="b", epochs=2, batch_size=16))
