@@ -353,7 +353,7 @@ def input_paths(cfg: TrainConfig) -> dict[str, str]:
 def _locate(cfg: TrainConfig, paths: dict[str, str]) -> TrainConfig:
     """``cfg`` with each input path that is not found from here replaced by its absolute form
     from :func:`input_paths`, where that exists."""
-    moved = {
+    moved: dict[str, Any] = {
         k: p for k, p in paths.items() if not Path(getattr(cfg, k)).exists() and Path(p).exists()
     }
     for key, path in moved.items():
