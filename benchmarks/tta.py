@@ -3,10 +3,12 @@
     python benchmarks/tta.py default
     python benchmarks/tta.py runs/vggnet_s --threads 2
 
-Rows: no TTA, ``flip``, ``shift`` (the library's modes) and, for comparison, a ten-crop of
-44x44 crops (corners, centre and their mirrors), which the library does not offer because it
-scored below flip on PublicTest for full-face training. PublicTest only: the choice is made
-there, and PrivateTest is read once per finished model elsewhere.
+Rows: no TTA, ``flip``, ``shift`` (the library's modes) and, for comparison, a ten-crop
+(corners, centre and their mirrors) of crops of the model's training crop side (``crop``), or
+of 44x44 crops for full-face training, which the library does not offer because it scored
+below flip on PublicTest for full-face training. For a crop-trained model the library's
+modes run on centre crops, and ``shift`` moves that window by 2 pixels. PublicTest only: the
+choice is made there, and PrivateTest is read once per finished model elsewhere.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     clf = load_model(args.model)
-    if not hasattr(clf, "model"):  # ten-crop runs the network on 40x40 crops itself
+    if not hasattr(clf, "model"):  # ten-crop runs the network on crops itself
         sys.exit(f"{args.model}: not a single PyTorch network (ten-crop runs the network itself)")
     part = load_split(args.data, "PublicTest")
     faces = torch.from_numpy(part.images)
@@ -56,14 +58,14 @@ def main() -> None:
     for tta, views in (("none", 1), ("flip", 2), ("shift", 10)):
         logits = predict_logits(clf.model, faces, clf.preprocess, tta=tta)
         print(f"| {tta} | {views} | {accuracy(logits):.2%} |")
-    model = clf.model.eval()
+    model, side = clf.model.eval(), clf.preprocess.get("crop") or 44
     crops = torch.cat(
         [
-            ten_crop_logp(model, faces[i : i + 512], clf.preprocess)
+            ten_crop_logp(model, faces[i : i + 512], clf.preprocess, side)
             for i in range(0, len(faces), 512)
         ]
     )
-    print(f"| ten-crop 44 (not offered) | 10 | {accuracy(crops):.2%} |")
+    print(f"| ten-crop {side} (not offered) | 10 | {accuracy(crops):.2%} |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ferlab.evaluate import predict_logits
 from ferlab.export import export_onnx, export_safetensors, load_safetensors_model
 from ferlab.models import create_model
 from ferlab.onnx_model import OnnxClassifier, load_onnx
-from ferlab.transforms import preprocess_spec
+from ferlab.transforms import SHIFTS, preprocess_spec
 
 SMALL = {"widths": [8, 16, 16, 16]}
 
@@ -153,6 +153,33 @@ def test_onnx_tta_matches_torch(faces, ort, tmp_path):
         got = onnx_clf.predict_proba(faces, batch_size=100, tta=tta)
         assert max_diff(got, clf.predict_proba(faces, tta=tta)) < 1e-4
         assert max_diff(got, clf.predict_proba(faces)) > 1e-3  # the views did something
+
+
+@pytest.mark.slow
+def test_a_crop_trained_model_sees_centre_crops_in_torch_and_its_exports(faces, ort, tmp_path):
+    """Trained on random 44-pixel crops, a model takes 48x48 faces everywhere and runs on
+    their centre crops; shift TTA moves the window over real pixels (no repeated edges)."""
+    import torch.nn.functional as F
+
+    clf = make_classifier(faces)
+    whole = clf.predict_proba(faces)
+    clf.preprocess = preprocess_spec("minmax", crop=44)
+    x = torch.from_numpy(faces).float().div(255)[:, None]
+    with torch.no_grad():
+        centre = clf.model(x[..., 2:46, 2:46]).softmax(1).numpy()
+        windows = [x[..., 2 + dy : 46 + dy, 2 + dx : 46 + dx] for dx, dy in SHIFTS]
+        logp = [F.log_softmax(clf.model(v), 1) for w in windows for v in (w, w.flip(-1))]
+    shifted = torch.stack(logp).mean(0).softmax(1).numpy()
+    assert max_diff(clf.predict_proba(faces), centre) < 1e-5
+    assert max_diff(centre, whole) > 1e-2  # the crop matters
+    assert max_diff(clf.predict_proba(faces, tta="shift"), shifted) < 1e-5
+    # the ONNX graph takes 48x48 faces and crops them itself; safetensors keep the crop
+    onnx_clf = load_onnx(export_onnx(clf, tmp_path / "m.onnx", faces=faces[:8]))
+    assert onnx_clf.preprocess["crop"] == 44
+    assert max_diff(onnx_clf.predict_proba(faces), centre) < 1e-4
+    assert max_diff(onnx_clf.predict_proba(faces, tta="shift"), shifted) < 1e-4
+    export_safetensors(clf, tmp_path / "m", fp16=False)
+    assert max_diff(load_safetensors_model(tmp_path / "m").predict_proba(faces), centre) < 1e-5
 
 
 @pytest.mark.slow
@@ -380,6 +407,7 @@ def test_onnx_metadata_is_checked_on_load(ort, tmp_path):
         ("classes", '["a", "b"]', r"metadata classes: expected 7 names .*got 2"),
         ("model_kwargs", "nope", "metadata model_kwargs: expected JSON"),
         ("preprocess", '{"normalize": "minmaxx"}', "metadata: preprocess normalize: expected"),
+        ("preprocess", '{"normalize": "minmax", "crop": 60}', r"preprocess crop: .* got 60"),
     ]:
         proto = onnx.load(str(good))
         props = {p.key: p.value for p in proto.metadata_props}

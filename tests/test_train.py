@@ -184,6 +184,19 @@ def test_a_path_found_as_given_wins_over_the_recorded_one(tmp_path, monkeypatch)
     assert _locate(cfg, {"data": str(tmp_path / "gone.csv")}).data == "here/x.csv"
 
 
+def test_a_crop_trained_run_records_its_crop_and_validates_on_centre_crops(tiny_csv, tmp_path):
+    from ferlab.evaluate import evaluate_split
+
+    run = train(_cfg(tiny_csv, tmp_path, name="crop", epochs=1, batch_size=16, crop=40))
+    model = load_model(run)
+    assert model.preprocess["crop"] == 40
+    shapes = []
+    model.model.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[-2:]))
+    val_acc = evaluate_split(model, str(tiny_csv), "val").accuracy
+    assert shapes and all(s == (40, 40) for s in shapes)
+    assert float(_rows(run)[0]["val_acc"]) == pytest.approx(val_acc, abs=1e-5)
+
+
 def test_same_seed_same_result_and_refuses_overwrite(tiny_csv, tmp_path):
     a = train(_cfg(tiny_csv, tmp_path, name="a", epochs=2, batch_size=16))
     b = train(_cfg(tiny_csv, tmp_path, name="b", epochs=2, batch_size=16))

@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from ferlab.losses import FocalLoss, create_loss
-from ferlab.transforms import Augment, preprocess_spec, to_input
+from ferlab.transforms import Augment, check_preprocess, fit_input, preprocess_spec, to_input
 
 
 def _batch():
@@ -43,6 +44,17 @@ def test_crop_keeps_the_pixel_scale_and_stays_inside():
     torch.testing.assert_close(out[:, 1].diff(dim=-2), ones, atol=1e-4, rtol=0)
     start = out[:, :, 0, 0]  # (left, top) of each crop
     assert ((start >= 0) & (start <= 4)).all() and (start.std(0) > 0.5).all()
+
+
+def test_fit_input_takes_the_centre_crop_of_a_crop_trained_model():
+    x = _batch()
+    assert fit_input(x, preprocess_spec("minmax")) is x
+    assert "crop" not in preprocess_spec("minmax")  # older models' specs stay as they were
+    spec = check_preprocess(preprocess_spec("minmax", crop=40))
+    torch.testing.assert_close(fit_input(x, spec), x[..., 4:44, 4:44], atol=0, rtol=0)
+    for bad in (60, -1, "44", True, 4.5):
+        with pytest.raises(ValueError, match=r"^m.json: preprocess crop: expected a side in"):
+            check_preprocess({**spec, "crop": bad}, "m.json")
 
 
 def test_erasing_fills_a_rectangle():

@@ -71,7 +71,7 @@ class TrainConfig:
     shear: float = 10.0  # degrees, +/-
     zoom: float = 0.1  # +/- fraction of the scale
     erase: float = 0.0  # probability of random erasing
-    crop: int = 0  # train on random crops of this side (44 of 48, say); tests see whole faces
+    crop: int = 0  # train on random crops of this side (44 of 48, say); tests see centre crops
     mixup: float = 0.0  # Beta alpha of mixup's blend (0.2-1 is usual); 0 = off
     cutmix: float = 0.0  # Beta alpha of CutMix's pasted area (1 is usual); 0 = off
     mix_prob: float = 1.0  # share of batches mixed; with mixup and cutmix both on, half each

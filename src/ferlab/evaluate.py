@@ -17,7 +17,7 @@ from torch import nn
 
 from .data import EMOTIONS, atomic_write_bytes
 from .outputs import check_formats
-from .transforms import check_tta, mean_log_probs, to_input, tta_views
+from .transforms import check_tta, fit_input, mean_log_probs, to_input, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def predict_logits(
         x = to_input(images[i : i + batch_size].to(device), spec)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        views = tta_views(x, tta)
+        views = [fit_input(v, spec) for v in tta_views(x, tta)]
         if len(views) == 1:
-            out.append(model(x).float().cpu())
+            out.append(model(views[0]).float().cpu())
             continue
         out.append(mean_log_probs([model(v) for v in views]).cpu())
     model.train(was_training)

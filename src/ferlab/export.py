@@ -23,7 +23,7 @@ from .checkpoint import build_model
 from .classifier import REQUIRED, TRAINING_KEYS, Classifier, check_faces
 from .data import atomic_write_bytes
 from .onnx_model import OnnxClassifier
-from .transforms import check_preprocess, scale
+from .transforms import check_preprocess, fit_input, scale
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class _Pixels(nn.Module):
         self.spec = dict(spec)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(scale(x / 255, self.spec)).float()
+        logits = self.model(fit_input(scale(x / 255, self.spec), self.spec)).float()
         return logits, torch.softmax(logits, 1)
 
 

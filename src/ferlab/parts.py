@@ -112,7 +112,7 @@ def build_parts(
         augment,
         mix if cfg.augment and mix.active else None,
         EMA(model, cfg.ema) if cfg.ema else None,
-        preprocess_spec(cfg.normalize, data["train_x"]),
+        preprocess_spec(cfg.normalize, data["train_x"], cfg.crop),
         torch.Generator().manual_seed(cfg.seed),
         kwargs,
     )
