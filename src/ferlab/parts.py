@@ -135,9 +135,11 @@ def make_checkpoint(
     val_acc: float,
     val_loss: float,
     ranks_rng: list[dict[str, Any]] | None = None,
+    paths: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A plain dict: enough to rebuild the model without the CLI, and to resume exactly.
-    ``ranks_rng``: every rank's :func:`rng_state` in a distributed run."""
+    ``ranks_rng``: every rank's :func:`rng_state` in a distributed run. ``paths``: the
+    absolute forms of the run's input files (``train.input_paths``)."""
     return {
         "model_name": cfg.model,
         "model_kwargs": {
@@ -146,6 +148,7 @@ def make_checkpoint(
         "classes": list(EMOTIONS),
         "preprocess": parts.spec,
         "config": cfg.to_dict(),
+        "paths": paths or {},
         "model": eval_model(parts).state_dict(),  # what load_model() uses
         **(
             {"train_model": parts.model.state_dict(), "ema_updates": parts.ema.updates}

@@ -241,8 +241,7 @@ def _fit(
         ranks_rng = distributed.all_objects(rng_state(), d)  # a collective: every rank
         if d.main:
             write_history(run_dir, rows)
-            ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss, ranks_rng)
-            ckpt_now["paths"] = paths
+            ckpt_now = make_checkpoint(cfg, parts, state, val.accuracy, val_loss, ranks_rng, paths)
             save_checkpoint(ckpt_now, run_dir / "last.pt")
             if improved:
                 copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
