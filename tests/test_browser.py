@@ -240,6 +240,9 @@ def test_a_reply_to_an_earlier_photo_does_not_draw_over_a_later_one(
     page, errors = open_page(browser, server, init=SLOW_PREDICT)
     page.evaluate("window.slow['astronaut.jpg'] = 1500")  # her reply comes after the coffee's
     page.set_input_files("#file", str(tmp_path / "astronaut.jpg"))
+    # her request must be in flight before the coffee is chosen: chosen while her photo is
+    # still decoding, the page drops her before asking (right, but not the case under test)
+    page.wait_for_function("window.predicts.busy === 1", timeout=20_000)
     page.set_input_files("#file", str(tmp_path / "coffee.jpg"))
     page.wait_for_function("window.predicts.done === 2", timeout=20_000)
     page.wait_for_timeout(300)  # time to draw the late reply, had it been drawn
