@@ -640,3 +640,21 @@ def test_cli_refuses_to_export_or_ensemble_an_onnx_file(ort, tmp_path):
     r = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "missing.csv")])
     assert r.exit_code != 0 and "exports need a PyTorch model" in str(r.exception)
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "e").exists()
+
+
+def test_the_shipped_defaults_facts_are_its_committed_info_and_evaluations():
+    """default.json's metrics and training facts came from an --info file that was never
+    committed, so the export command in docs/results could not be rerun as written."""
+    from ferlab.config import load_yaml_mapping
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "docs/results/vggnet_s-e40-ema"
+    meta = json.loads((root / "src/ferlab/weights/default.json").read_text())
+    info = load_yaml_mapping(results / "info.yaml")
+    assert {k: meta[k] for k in info} == info
+    for split in ("PublicTest", "PrivateTest"):
+        for folder, key in ((split, "accuracy"), (f"{split}-flip", "accuracy_flip_tta")):
+            evaluated = json.loads((results / folder / "metrics.json").read_text())["accuracy"]
+            assert info["metrics"][split][key] == round(evaluated, 4), (split, key)
+        single = json.loads((results / split / "metrics.json").read_text())
+        assert info["metrics"][split]["macro_f1"] == round(single["macro_f1"], 4), split
