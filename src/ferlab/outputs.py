@@ -218,7 +218,8 @@ def write_predictions(
     except BaseException:
         sink.close(ok=False)  # a half-written video never takes the final name
         # a stopped or failed run keeps what it classified, under names that say so (the
-        # failure itself, a full disk say, may stop these too: it is the error to report)
+        # failure itself, a full disk say, may stop these too: it is the error to report).
+        # A final file this loop already wrote stays: it may be the only complete copy.
         for fmt in formats if records else ():
             with contextlib.suppress(OSError):
                 write_text(out / f"predictions.partial.{fmt}", FORMATS[fmt](records))
