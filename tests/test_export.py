@@ -648,8 +648,8 @@ def test_the_shipped_defaults_facts_are_its_committed_info_and_evaluations():
     from ferlab.config import load_yaml_mapping
 
     root = Path(__file__).resolve().parents[1]
-    results = root / "docs/results/vggnet_s-e40-ema"
     meta = json.loads((root / "src/ferlab/weights/default.json").read_text())
+    results = root / "docs/results" / meta["config"]["name"]  # the run the file came from
     info = load_yaml_mapping(results / "info.yaml")
     assert {k: meta[k] for k in info} == info
     for split in ("PublicTest", "PrivateTest"):
