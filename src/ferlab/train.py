@@ -307,6 +307,10 @@ def _validate(parts: Parts, data: dict[str, torch.Tensor], cfg: TrainConfig, dev
     return evaluate_logits(logits.cpu(), data["val_y"].cpu())
 
 
+# values of ``pretrained`` that are not files: none (He init) and torchvision's ImageNet weights
+PRETRAINED_NAMES = ("", "imagenet")
+
+
 def _prepare(
     cfg: TrainConfig, resume: str | Path | None, runtime: dict[str, Any] | None
 ) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
@@ -321,7 +325,7 @@ def _prepare(
         # up as load_model does)
         if cfg.teacher and not model_file(cfg.teacher).exists():
             raise ValueError(f"config teacher: {cfg.teacher}: no such model or file")
-        if cfg.pretrained not in ("", "imagenet") and not Path(cfg.pretrained).exists():
+        if cfg.pretrained not in PRETRAINED_NAMES and not Path(cfg.pretrained).exists():
             raise ValueError(f"config pretrained: {cfg.pretrained}: no such file")
         return cfg, run_dir, None
     run_dir = Path(resume)
@@ -343,7 +347,7 @@ def input_paths(cfg: TrainConfig) -> dict[str, str]:
     or recognised by ``evaluate``, from another."""
     given = {"data": cfg.data, "teacher": cfg.teacher, "pretrained": cfg.pretrained}
     # names (a shipped teacher, pretrained: imagenet) are not paths, even if a file is so named
-    names = set(shipped_models()) | {"", "imagenet"}
+    names = set(shipped_models()) | set(PRETRAINED_NAMES)
     return {
         k: str(Path(v).resolve()) for k, v in given.items() if v not in names and Path(v).exists()
     }
