@@ -196,6 +196,21 @@ def test_serve_with_a_missing_model_exits_at_once(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--timeout", "0"], "serve: --timeout must be above 0, got 0.0"),
+        (["--max-batch", "0"], "serve: --max-batch must be a whole number at least 1, got 0"),
+        (["--max-pending-mb", "1"], "serve: --max-pending-mb must be at least the largest request"),
+    ],
+)
+def test_serve_names_a_bad_setting_by_its_option(args, message):
+    # the library's parameter is timeout_s; a user who typed --timeout should read --timeout
+    r = run_ferlab("serve", "--port", "0", *args, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: {message}" in r.stderr and "timeout_s" not in r.stderr
+
+
+@pytest.mark.parametrize(
     "fmt, message",
     [("json,xml", "unknown format 'xml'; expected json, csv or md"), ("json,csv", "need --out")],
 )

@@ -155,19 +155,24 @@ def serve(
 ) -> None:
     """HTTP service and web page: POST /v1/predict, GET / (photo and webcam), /docs, /metrics."""
     from ..serve import serve as run_server
+    from ..serve.service import SettingError
 
-    run_server(
-        host=host,
-        port=port,
-        workers=workers,
-        root_path=root_path,
-        model=model,
-        runtime=runtime,
-        detector=detector,
-        batch_wait_ms=batch_wait_ms,
-        max_batch=max_batch,
-        max_upload_mb=max_upload_mb,
-        max_pending_mb=max_pending_mb,
-        timeout_s=timeout,
-        api_key=api_key,
-    )
+    try:
+        run_server(
+            host=host,
+            port=port,
+            workers=workers,
+            root_path=root_path,
+            model=model,
+            runtime=runtime,
+            detector=detector,
+            batch_wait_ms=batch_wait_ms,
+            max_batch=max_batch,
+            max_upload_mb=max_upload_mb,
+            max_pending_mb=max_pending_mb,
+            timeout_s=timeout,
+            api_key=api_key,
+        )
+    except SettingError as e:  # say the option the user typed, not the Python parameter
+        option = "--timeout" if e.setting == "timeout_s" else "--" + e.setting.replace("_", "-")
+        raise ValueError(e.named(option)) from None

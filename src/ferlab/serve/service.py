@@ -32,6 +32,18 @@ def load_for_serving(model: str | Path | None = None, runtime: str = "torch") ->
     return load_model(model, runtime=runtime)
 
 
+class SettingError(ValueError):
+    """A numeric setting out of its range. ``setting`` is its Python name, so that a caller
+    with other names for the settings (the CLI's options) can say it in its own words."""
+
+    def __init__(self, setting: str, need: str, value: object):
+        self.setting, self.need, self.value = setting, need, value
+        super().__init__(self.named(setting))
+
+    def named(self, name: str) -> str:
+        return f"serve: {name} must be {self.need}, got {self.value}"
+
+
 def check_settings(
     model: ProbaModel | str | Path | None = None,
     runtime: str = "torch",
@@ -48,15 +60,15 @@ def check_settings(
     for name, value in limits.items():
         ok, need = _LIMITS[name]
         if value is not None and not ok(value):  # None: the setting's default
-            raise ValueError(f"serve: {name} must be {need}, got {value}")
+            raise SettingError(name, need, value)
     pending = limits.get("max_pending_mb")
     if pending is not None:  # an idle server must still take its largest valid request
         images, mb = limits.get("max_images") or 32, limits.get("max_upload_mb") or 10.0
         largest = body_bytes(int(images), int(mb * 2**20))
         if pending * 2**20 < largest:
-            raise ValueError(
-                f"serve: max_pending_mb must be at least the largest request, "
-                f"{largest / 2**20:.1f} MB (max_images x max_upload_mb, base64-inflated)"
+            need = f"at least the largest request, {largest / 2**20:.1f} MB"
+            raise SettingError(
+                "max_pending_mb", need + " (max_images x max_upload_mb, base64-inflated)", pending
             )
     check_runtime(runtime)
     if isinstance(model, str | Path | None) and not model_file(model).exists():
