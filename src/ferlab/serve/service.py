@@ -66,10 +66,8 @@ def check_settings(
         images, mb = limits.get("max_images") or 32, limits.get("max_upload_mb") or 10.0
         largest = body_bytes(int(images), int(mb * 2**20))
         if pending * 2**20 < largest:
-            need = f"at least the largest request, {largest / 2**20:.1f} MB"
-            raise SettingError(
-                "max_pending_mb", need + " (max_images x max_upload_mb, base64-inflated)", pending
-            )
+            need = f"at least the largest request, {largest / 2**20:.1f} MB (base64-inflated)"
+            raise SettingError("max_pending_mb", need, pending)
     check_runtime(runtime)
     if isinstance(model, str | Path | None) and not model_file(model).exists():
         raise missing_model(model or "default")
