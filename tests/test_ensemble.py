@@ -305,6 +305,20 @@ def test_members_of_a_stratified_split_are_calibrated_and_scored_on_its_held_out
     monkeypatch.chdir(tmp_path / "faces")
     got = evaluate_split(loaded, str(tmp_path / "faces"), "PublicTest").accuracy
     assert got == pytest.approx(want, abs=1e-6)
+    # the manifest names its data relative to itself, not by this machine's path (the
+    # shipped one once held /work/...): moved with its data, it still finds that split
+    assert str(tmp_path) not in (tmp_path / "ens.json").read_text()
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in ("faces", "ens", "ens.json"):
+        (tmp_path / name).rename(moved / name)
+    monkeypatch.chdir(moved / "ens")
+    loaded = load_model(moved / "ens.json")
+    assert loaded.meta["config"]["data"] == str(moved / "faces")
+    got = evaluate_split(loaded, "../faces", "PublicTest").accuracy
+    assert got == pytest.approx(want, abs=1e-6)
+    for name in ("faces", "ens", "ens.json"):
+        (moved / name).rename(tmp_path / name)
     monkeypatch.chdir(tmp_path)
     # members of different splits have no common held-out faces
     members[1].meta["config"] = {"data": data, "split": "stratified", "seed": 4}
@@ -321,3 +335,10 @@ def test_the_shipped_ensemble_names_each_members_hash():
     members = json.loads(manifest.read_text())["members"]
     for m in members:
         assert hashlib.sha256((WEIGHTS / m["file"]).read_bytes()).hexdigest() == m["sha256"]
+
+
+def test_the_shipped_ensemble_holds_no_path_of_the_machine_it_was_made_on():
+    from ferlab.classifier import WEIGHTS
+
+    data = json.loads((WEIGHTS / "ensemble.json").read_text())["config"]["data"]
+    assert not Path(data).is_absolute(), data

@@ -139,7 +139,8 @@ def build_ensemble(
         raise ValueError(f"{data}: the members were trained on different splits: {said}")
     mode, seed, ignore = splits.pop()
     part = load_split(data, split, mode, seed, ignore)
-    # resolved: evaluating the manifest from another directory must find the same split
+    # resolved: evaluating the manifest from another directory must find the same split (it
+    # is saved relative to the manifest)
     config = {"data": str(Path(data).resolve()), "split": mode, "seed": seed}
     config["ignore_unknown"] = ignore
     ens = Ensemble(members, tta=tta, meta={"config": config})
@@ -187,6 +188,8 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
             )
         manifest = {"kind": KIND, "members": entries, "tta": ensemble.tta}
         manifest |= {**ensemble.meta, **(extra or {})}  # what it was calibrated on, and notes
+        if "config" in manifest:
+            manifest["config"] = _data_path(manifest["config"], out.parent, relative=True)
         data = (json.dumps(manifest, indent=2) + "\n").encode()
         if folder.is_dir():  # a folder cannot be os.replace'd over a full one
             os.replace(folder, old)
@@ -203,6 +206,21 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _data_path(config: Any, folder: Path, relative: bool) -> Any:
+    """``config`` with its data path relative to the manifest's ``folder`` (to save) or
+    absolute (as loaded). Relative to the manifest, not to the current folder: the manifest
+    carries no path of the machine it was made on, and still finds its data when both move
+    together (a clone with its data beside it)."""
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, str) or Path(data).is_absolute() != relative:
+        return config
+    try:  # Windows: no relative path between drives; keep the absolute one
+        data = os.path.relpath(data, folder) if relative else str((folder / data).resolve())
+    except ValueError:
+        return config
+    return {**config, "data": data}
 
 
 MEMBER_FILE = re.compile(r"member\d+\.(json|safetensors)")
@@ -245,6 +263,8 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
             raise ValueError(f"{path}: {f.name} is not the member it was calibrated with")
     models = [load_safetensors_model(f, device) for f in files]
     meta = {k: v for k, v in info.items() if k not in ("kind", "members", "tta")}
+    if "config" in meta:
+        meta["config"] = _data_path(meta["config"], path.parent.resolve(), relative=False)
     try:
         return Ensemble(models, temps, info.get("tta", "none"), meta)
     except ValueError as e:
