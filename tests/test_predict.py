@@ -281,6 +281,12 @@ def test_cli_predict_formats_and_exit_codes(tmp_path, photo_dir, tiny_model):
         "predictions.json",
         "predictions.md",
     ]
+    # a rerun with fewer formats leaves no earlier csv or md to disagree with its json
+    r = run(
+        str(photo_dir), "--model", str(weights), "--out", str(tmp_path / "d"), "--format", "json"
+    )
+    assert r.returncode == 1, r.stderr  # broken.png
+    assert [p.name for p in (tmp_path / "d").glob("predictions.*")] == ["predictions.json"]
     for args, message in [
         (("--format", "xml"), "unknown format 'xml'; expected json, csv or md"),
         (("--format", "csv,md"), "--format csv,md: several formats need --out (stdout takes one)"),

@@ -190,7 +190,8 @@ def write_predictions(
     """Consume ``predictions`` and write predictions.{json,csv,md}, annotated images and
     videos and, for videos, an emotion timeline under ``out_dir``. Returns (records, files).
     If ``predictions`` raises (or Ctrl-C), or a predictions file cannot be written, the
-    records so far go to predictions.partial.*."""
+    records so far go to predictions.partial.*. After a successful run, the predictions files
+    of an earlier run into ``out_dir`` are gone, those of formats not asked for too."""
     from .plots import save_figure, timeline_figure
 
     out = Path(out_dir)
@@ -224,8 +225,11 @@ def write_predictions(
             with contextlib.suppress(OSError):
                 write_text(out / f"predictions.partial.{fmt}", FORMATS[fmt](records))
         raise
-    for fmt in FORMATS:  # an earlier stopped run's: this run's results replace them
+    for fmt in FORMATS:  # an earlier run's, stopped or of other formats: they would
+        # sit beside this run's results and disagree with them
         (out / f"predictions.partial.{fmt}").unlink(missing_ok=True)
+        if fmt not in formats:
+            (out / f"predictions.{fmt}").unlink(missing_ok=True)
     files += sink.close()
     for video in sorted({r["path"] for r in records if "frame" in r}):
         rows = [r for r in records if r["path"] == video and "frame" in r and r["faces"]]
