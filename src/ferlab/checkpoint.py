@@ -78,12 +78,12 @@ def build_model(ckpt: dict[str, Any], where: str, state: dict[str, Any] | None =
         )
     except (RuntimeError, TypeError, AttributeError) as e:  # not a dict of fitting tensors
         raise ValueError(
-            f"{where}: weights do not fit {name} with model_kwargs {kwargs} ({_first_problem(e)})"
+            f"{where}: weights do not fit {name} with model_kwargs {kwargs} ({first_problem(e)})"
         ) from None
     return model.eval()
 
 
-def _first_problem(e: Exception) -> str:
+def first_problem(e: Exception) -> str:
     """The first of the problems torch lists one a line (every mismatched tensor of a model)."""
     lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
     if not lines:

@@ -37,6 +37,7 @@ class TrainConfig:
     model: str = "vgg19"  # a name from ferlab.list_models()
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden: 512, dropout: 0.5}
     pretrained: str = ""  # vgg19 only: path to torchvision ImageNet weights, or "imagenet"
+    init: str = ""  # start from this network's weights: shipped name, run, checkpoint or export
     frozen_blocks: int = 0  # vgg19 only: convolutional blocks (0..5) kept frozen
     # optimisation (defaults = the report's optimal settings)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
@@ -233,6 +234,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             )
     if cfg.crop and not cfg.augment:
         raise ConfigError("crop", "applies with augment: true only, got augment: false")
+    if cfg.init and cfg.pretrained:
+        raise ConfigError("init", "starts from its own weights; drop pretrained")
     for key in ("pretrained", "frozen_blocks"):
         if getattr(cfg, key) and cfg.model != "vgg19":
             raise ConfigError(key, f"applies to model: vgg19 only, got model: {cfg.model}")

@@ -36,14 +36,13 @@ def create_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epo
             opt, cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr
         )
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            cfg.lr,
-            total_steps=cfg.epochs * steps_per_epoch,
-            pct_start=cfg.warmup_epochs
-            if cfg.warmup_epochs < 1
-            else cfg.warmup_epochs / cfg.epochs,
-        )
+        total = cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup_epochs if cfg.warmup_epochs < 1 else cfg.warmup_epochs / cfg.epochs
+        # torch divides by zero on a warm-up of exactly one batch (a small folder's short run):
+        # one batch or less of warm-up is none
+        if warmup * total <= 1:
+            warmup = 0.0
+        return torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total, pct_start=warmup)
     if cfg.scheduler == "none":
         return None
     raise ValueError(

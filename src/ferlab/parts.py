@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from . import distributed
+from .checkpoint import first_problem
+from .classifier import Classifier, load_model
 from .config import TrainConfig
 from .data import EMOTIONS, load_dataset, split_dataset, stratified_subset
 from .ema import EMA
@@ -52,6 +54,42 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kw
 
 
+def init_weights(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights and preprocessing of ``cfg.init``, the network a run starts from; one line
+    naming it when that network is not the one the config trains. A fine-tuned network keeps
+    the input scaling its weights were trained with."""
+    where = f"config init: {cfg.init}"
+    try:
+        source = load_model(cfg.init)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"config init: {e}") from None
+    if not isinstance(source, Classifier):
+        raise ValueError(
+            f"{where}: expected one network (a shipped name, run, checkpoint or safetensors "
+            f"export), got {type(source).__name__}"
+        )
+    if source.name != cfg.model:
+        raise ValueError(f"{where}: is {source.name}, the config trains {cfg.model}")
+    if list(source.classes) != list(EMOTIONS):
+        raise ValueError(f"{where}: has classes {list(source.classes)}, expected {list(EMOTIONS)}")
+    spec = source.preprocess
+    if (spec["normalize"], spec.get("crop", 0)) != (cfg.normalize, cfg.crop):
+        raise ValueError(
+            f"{where}: was trained with normalize {spec['normalize']}, crop {spec.get('crop', 0)}; "
+            f"the config has normalize {cfg.normalize}, crop {cfg.crop}"
+        )
+    state = source.model.state_dict()
+    model = create_model(cfg.model, num_classes=len(EMOTIONS), **model_kwargs(cfg))
+    try:  # now, not after the data has loaded
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{where}: its weights do not fit {cfg.model} with model_kwargs "
+            f"{cfg.model_kwargs} ({first_problem(e)})"
+        ) from None
+    return state, spec
+
+
 def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     # A last batch with one sample per process would break batch norm in train mode: drop it.
     return n // batch_size + (1 if n % batch_size >= 2 * world else 0)
@@ -86,10 +124,15 @@ def build_parts(
     data: dict[str, torch.Tensor],
     device: torch.device,
     d: distributed.Dist = distributed.Dist(),
+    init: tuple[dict[str, torch.Tensor], dict] | None = None,
 ) -> Parts:
+    """``init``: the weights and preprocessing to start from (:func:`init_weights`)."""
     check_batch_size(cfg.batch_size, d.world)
     kwargs = model_kwargs(cfg)
-    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs).to(device)
+    model = create_model(cfg.model, num_classes=len(EMOTIONS), **kwargs)
+    if init is not None:
+        model.load_state_dict(init[0])
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net = distributed.wrap(model, d, device)
@@ -112,7 +155,7 @@ def build_parts(
         augment,
         mix if cfg.augment and mix.active else None,
         EMA(model, cfg.ema) if cfg.ema else None,
-        preprocess_spec(cfg.normalize, data["train_x"], cfg.crop),
+        init[1] if init is not None else preprocess_spec(cfg.normalize, data["train_x"], cfg.crop),
         torch.Generator().manual_seed(cfg.seed),
         kwargs,
     )
@@ -171,6 +214,7 @@ def restore(ckpt: dict[str, Any], parts: Parts, rank: int = 0) -> dict[str, Any]
     """Load a checkpoint's weights, optimiser, scheduler and RNG states (``rank``'s own in a
     distributed run; a rank the saved run did not have keeps its own); return its state."""
     parts.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+    parts.spec = ckpt["preprocess"]  # a fine-tuned run's came from its init, not its data
     if parts.ema is not None:
         parts.ema.module.load_state_dict(ckpt["model"])
         parts.ema.updates = ckpt["ema_updates"]

@@ -33,6 +33,7 @@ from .parts import (
     build_parts,
     check_batch_size,
     eval_model,
+    init_weights,
     load_splits,
     make_checkpoint,
     model_kwargs,
@@ -179,7 +180,9 @@ def _fit(
     if cfg.teacher:
         resuming = ckpt is not None
         data["train_soft"] = _teacher_targets(found.teacher, data["train_x"], run_dir, resuming, d)
-    parts = build_parts(found, data, device, d)
+    # a resumed run's weights come from its checkpoint: its init may have changed or gone since
+    init = init_weights(found) if cfg.init and ckpt is None else None
+    parts = build_parts(found, data, device, d, init)
     if d.active:  # same initial weights above; from here each rank draws its own dropout
         torch.manual_seed(distributed.rank_seed(cfg.seed, d))
     if device.type == "cuda":  # the whole set fits on the device: no loader, no copies
@@ -327,6 +330,8 @@ def _prepare(
             raise ValueError(f"config teacher: {cfg.teacher}: no such model or file")
         if cfg.pretrained not in PRETRAINED_NAMES and not Path(cfg.pretrained).exists():
             raise ValueError(f"config pretrained: {cfg.pretrained}: no such file")
+        if cfg.init:
+            init_weights(cfg)
         return cfg, run_dir, None
     run_dir = Path(resume)
     ckpt = load_checkpoint(run_dir / "last.pt")
@@ -339,13 +344,18 @@ def _prepare(
 
 
 def input_paths(cfg: TrainConfig) -> dict[str, str]:
-    """The absolute forms of a run's input files (data, and a teacher or pretrained weights
-    given as a file), saved in its checkpoints beside the config's paths as given.
+    """The absolute forms of a run's input files (data, and a teacher, pretrained or init
+    weights given as a file), saved in its checkpoints beside the config's paths as given.
 
     The config keeps ``../shared/data/...`` as typed, which still works when the repository
     moves to another machine; the absolute form lets a run started in one folder be resumed,
     or recognised by ``evaluate``, from another."""
-    given = {"data": cfg.data, "teacher": cfg.teacher, "pretrained": cfg.pretrained}
+    given = {
+        "data": cfg.data,
+        "teacher": cfg.teacher,
+        "pretrained": cfg.pretrained,
+        "init": cfg.init,
+    }
     # names (a shipped teacher, pretrained: imagenet) are not paths, even if a file is so named
     names = set(shipped_models()) | set(PRETRAINED_NAMES)
     return {
