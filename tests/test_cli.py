@@ -290,3 +290,29 @@ def test_a_corrupt_video_is_one_line_without_ffmpegs_own(tmp_path):
     r = run_ferlab("predict", str(cut), "--model", "fast")
     assert r.returncode == 1 and f"{cut}: not a readable video" in r.stderr, r.stderr
     assert "moov atom" not in r.stderr, r.stderr
+
+
+def test_the_shipped_default_fine_tunes_on_a_folder_of_faces(tmp_path):
+    """The README's fine-tuning command, on a user's folder with one folder per emotion."""
+    import torch
+
+    from conftest import save_image, synthetic_rows
+    from ferlab import EMOTIONS, load_model
+
+    rows = [r for r in synthetic_rows(per_class=10) if r[2] == "Training"]
+    for i, (label, img, _) in enumerate(rows):
+        save_image(tmp_path / "faces" / EMOTIONS[label] / f"{i}.png", img)
+    config = str(Path(__file__).parents[1] / "configs" / "finetune.yaml")
+    out = tmp_path / "runs"
+    args = ["train", config, "--data", str(tmp_path / "faces"), "--out", str(out)]
+    r = run_ferlab(*args, "--epochs", "1", "--name", "ft", "--set", "split=stratified")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(out / "ft" / "best.pt", weights_only=True)
+    assert ckpt["config"]["init"] == "default" and ckpt["model_name"] == "vggnet_s"
+    assert ckpt["preprocess"] == load_model("default").preprocess
+    assert load_model(out / "ft").predict_proba(rows[0][1]).shape == (1, 7)
+    r = run_ferlab(*args, "--model", "vggnet_s24", "--name", "other")
+    assert r.returncode == 2 and not (out / "other").exists()
+    assert r.stderr.strip().splitlines() == [
+        "error: config init: default: is vggnet_s, the config trains vggnet_s24"
+    ]

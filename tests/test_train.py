@@ -567,3 +567,94 @@ def test_a_nan_epoch_is_never_the_best():
     assert _advance(state, 1.2, 1, patience=3) and state["best_epoch"] == 1
     assert not _advance(state, 1.2, 2, patience=3)  # no better: not a new best
     assert _advance(state, 1.0, 3, patience=3) and state["best_epoch"] == 3
+
+
+# sgd at lr ~0 without decay: a run's weights stay those it started from
+STILL = dict(optimizer="sgd", lr=1e-12, scheduler="none", seed=1, epochs=1)
+
+
+def _conv_weights(run_dir):
+    state = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    return {k: v for k, v in state.items() if v.dim() == 4}
+
+
+def test_init_starts_from_the_given_weights_and_their_input_scaling(tiny_csv, real_csv, tmp_path):
+    src = train(_cfg(tiny_csv, tmp_path, name="src", epochs=1, normalize="standardize"))
+    kw = dict(normalize="standardize", **STILL)
+    tuned = train(_cfg(real_csv, tmp_path, name="tuned", init=str(src), **kw))
+    fresh = train(_cfg(real_csv, tmp_path, name="fresh", **kw))
+    a, b, c = (_conv_weights(r) for r in (src, tuned, fresh))
+    assert a.keys() == b.keys() and len(a) >= 8
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        assert not torch.allclose(a[k], c[k], atol=1e-3), k
+    spec = {
+        r: torch.load(r / "best.pt", weights_only=True)["preprocess"] for r in (src, tuned, fresh)
+    }
+    # the tuned run keeps the mean and std its weights were trained with, not its own data's
+    assert spec[tuned] == spec[src] and spec[fresh]["mean"] != spec[src]["mean"]
+
+
+def test_a_fine_tuned_run_resumes_from_its_checkpoint_without_its_init(
+    tiny_csv, tmp_path, monkeypatch
+):
+    import shutil
+
+    src = train(_cfg(tiny_csv, tmp_path, name="src", epochs=1))
+    kw = dict(epochs=2, init=str(src / "best.pt"), seed=1)
+    full = train(_cfg(tiny_csv, tmp_path, name="full", **kw))
+    train_module = sys.modules["ferlab.train"]
+    real_epoch, calls = train_module.train_one_epoch, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_csv, tmp_path, name="killed", **kw))
+    monkeypatch.undo()
+    shutil.rmtree(src)  # the weights it started from are gone: its checkpoint has its own
+    resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed")
+    assert _rows(resumed) == _rows(full)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"init": "nowhere/run"}, r"config init: nowhere/run/?\S*: checkpoint not found"),
+        ({"model_kwargs": {"widths": [8, 16, 16, 32]}}, r"config init: .*: its weights do not fit"),
+        ({"model": "vggnet_s24"}, r"config init: .*: is vggnet_s, the config trains vggnet_s24"),
+        (
+            {"normalize": "none"},
+            r"trained with normalize minmax, crop 0; the config has normalize none",
+        ),
+        ({"init": "ensemble", "model_kwargs": {}}, r"config init: ensemble: expected one network"),
+        ({"pretrained": "imagenet"}, r"config init: starts from its own weights; drop pretrained"),
+    ],
+)
+def test_init_refuses_a_network_that_does_not_fit_before_the_data_loads(
+    tiny_csv, tmp_path, change, message
+):
+    src = train(_cfg(tiny_csv, tmp_path, name="src", epochs=1))
+    absent = tmp_path / "absent.csv"  # had the data loaded first, this would be the error
+    with pytest.raises(ValueError, match=message):
+        train(_cfg(absent, tmp_path, name="tuned", **{"init": str(src), **change}))
+    assert not (tmp_path / "runs" / "tuned").exists()
+
+
+def test_onecycle_survives_a_one_batch_warmup():
+    """A small folder's short run: torch's OneCycleLR divides by zero on one batch of warm-up."""
+    from ferlab.optim import create_optimizer, create_scheduler
+
+    cfg = TrainConfig(optimizer="sgd", scheduler="onecycle", epochs=1, warmup_epochs=0.2)
+    opt = create_optimizer(cfg, torch.nn.Linear(2, 2))
+    sched = create_scheduler(cfg, opt, steps_per_epoch=5)  # 0.2 x 5 = one batch
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])  # what each batch trains with
+        opt.step()
+        sched.step()
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < cfg.lr / 100  # annealed, no warm-up
