@@ -38,6 +38,23 @@ def _rows(run_dir):
         ]
 
 
+def _kill_in_epoch(n: int, monkeypatch, cfg: TrainConfig) -> None:
+    """Train ``cfg``, killed as epoch ``n`` starts (after epoch n - 1's checkpoint)."""
+    train_module = sys.modules["ferlab.train"]
+    real_epoch, calls = train_module.train_one_epoch, []
+
+    def killed(*args, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "train_one_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
@@ -81,20 +98,8 @@ def test_a_resume_with_another_schedule_length_is_refused(tiny_csv, tmp_path, sc
 def test_resume_after_kill_equals_uninterrupted_run(real_csv, tmp_path, monkeypatch, extra):
     ema = extra.get("ema", 0.0)
     full = train(_cfg(real_csv, tmp_path, name="full", epochs=3, **extra))
-    train_module = sys.modules["ferlab.train"]
-    real_epoch, calls = train_module.train_one_epoch, []
-
-    def killed_in_epoch_3(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kw)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(real_csv, tmp_path, name="killed", epochs=3, **extra))
+    _kill_in_epoch(3, monkeypatch, _cfg(real_csv, tmp_path, name="killed", epochs=3, **extra))
     assert len(_rows(tmp_path / "runs" / "killed")) == 2
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     with pytest.raises(ValueError, match=r"only .*threads.* may change"):
         train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"lr": 1.0})
     resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed", runtime={"threads": 1})
@@ -603,19 +608,7 @@ def test_a_fine_tuned_run_resumes_from_its_checkpoint_without_its_init(
     src = train(_cfg(tiny_csv, tmp_path, name="src", epochs=1))
     kw = dict(epochs=2, init=str(src / "best.pt"), seed=1)
     full = train(_cfg(tiny_csv, tmp_path, name="full", **kw))
-    train_module = sys.modules["ferlab.train"]
-    real_epoch, calls = train_module.train_one_epoch, []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tiny_csv, tmp_path, name="killed", **kw))
-    monkeypatch.undo()
+    _kill_in_epoch(2, monkeypatch, _cfg(tiny_csv, tmp_path, name="killed", **kw))
     shutil.rmtree(src)  # the weights it started from are gone: its checkpoint has its own
     resumed = train(TrainConfig(), resume=tmp_path / "runs" / "killed")
     assert _rows(resumed) == _rows(full)
