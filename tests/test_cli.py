@@ -311,6 +311,8 @@ def test_the_shipped_default_fine_tunes_on_a_folder_of_faces(tmp_path):
     assert ckpt["config"]["init"] == "default" and ckpt["model_name"] == "vggnet_s"
     assert ckpt["preprocess"] == load_model("default").preprocess
     assert load_model(out / "ft").predict_proba(rows[0][1]).shape == (1, 7)
+    r = run_ferlab("evaluate", "default", "--data", str(tmp_path / "faces"), "--split", "all")
+    assert r.returncode == 0 and "faces: 70" in r.stdout, r.stderr  # every face, unsplit
     r = run_ferlab(*args, "--model", "vggnet_s24", "--name", "other")
     assert r.returncode == 2 and not (out / "other").exists()
     assert r.stderr.strip().splitlines() == [

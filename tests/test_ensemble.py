@@ -212,10 +212,10 @@ def test_cli_builds_an_ensemble_on_publictest_only(real_csv, tmp_path, monkeypat
     assert probs.shape == (2, 7)
     # temperatures fitted on the test split, or on the members' own training faces (which
     # they fit too well), would not be held-out calibration
-    for split in ("PrivateTest", "Training"):
+    for split in ("PrivateTest", "Training", "all"):
         r = CliRunner().invoke(app, [*args, "--split", split])
         message = str(r.exception or r.output)
-        assert r.exit_code != 0 and "not the training or test split" in message, split
+        assert r.exit_code != 0 and "not the training or test faces" in message, split
     r = CliRunner().invoke(app, [*args, "--split", "Validation"])  # a misspelt name
     assert r.exit_code != 0 and "not the training" not in str(r.exception or r.output)
 

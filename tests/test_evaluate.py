@@ -199,3 +199,27 @@ def test_an_empty_split_is_named(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"no-private.csv: split 'PrivateTest' .* holds no faces"):
         evaluate_split(tiny_model, str(data), "PrivateTest")
     assert evaluate_split(tiny_model, str(data), "PublicTest").support == [2] * 7
+
+
+def test_split_all_scores_every_face_of_data_the_model_never_saw(tiny_model, tmp_path, caplog):
+    """A labelled folder with no split of its own (another data set, a user's faces)."""
+    from conftest import save_image, synthetic_rows, write_csv
+    from ferlab import EMOTIONS
+
+    rows = synthetic_rows(per_class=1)  # 1 face per class in each of the 3 usages
+    for i, (label, img, _) in enumerate(rows):
+        save_image(tmp_path / "faces" / EMOTIONS[label] / f"{i}.png", img)
+    folder = str(tmp_path / "faces")
+    with pytest.raises(ValueError, match="split 'official' needs Training and PublicTest rows"):
+        evaluate_split(tiny_model, folder, "PublicTest")
+    with caplog.at_level("WARNING", logger="ferlab.evaluate"):
+        got = evaluate_split(tiny_model, folder, "all")
+    assert got.support == [3] * 7 and "not a test" not in caplog.text
+    want = tiny_model.predict_proba(np.stack([r[1] for r in rows])).argmax(1)
+    assert got.confusion == Metrics.from_predictions(np.array([r[0] for r in rows]), want).confusion
+    # on the model's own training data, all of it includes its training faces: said
+    own = write_csv(tmp_path / "own.csv", rows)
+    clf = Classifier(tiny_model.model, tiny_model.preprocess, meta={"config": {"data": str(own)}})
+    with caplog.at_level("WARNING", logger="ferlab.evaluate"):
+        assert sum(evaluate_split(clf, str(own), "all").support) == 21
+    assert "includes the faces" in caplog.text and "not a test" in caplog.text

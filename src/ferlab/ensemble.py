@@ -123,10 +123,10 @@ def build_ensemble(
 
     # the training faces would be overconfident, the test faces no longer a test; a
     # misspelt name is left to load_split, which lists the valid ones
-    if SPLIT_ALIASES.get(split, split) in ("train", "test"):
+    if SPLIT_ALIASES.get(split, split) in ("train", "test", "all"):
         raise ValueError(
             f"--split {split}: calibrate on the held-out validation split "
-            "(PublicTest, or val of a folder), not the training or test split"
+            "(PublicTest, or val of a folder), not the training or test faces"
         )
     splits = {split_for(m, data) for m in members}
     if len(splits) > 1:  # one member's held-out faces would be another's training faces

@@ -202,6 +202,12 @@ def evaluate_split(
 
     check_tta(tta)  # before the data loads
     mode, seed, ignore = split_for(classifier, data_path, split_mode, ignore_unknown)
+    if split == "all" and trained_on(classifier, data_path):
+        log.warning(
+            "split all of %s includes the faces %s was trained on; its score is not a test",
+            data_path,
+            getattr(classifier, "name", "the model"),
+        )
     part = load_split(data_path, split, mode, seed, ignore)
     return evaluate_probs(classifier.predict_proba(part.images, tta=tta), part.labels)
 
@@ -218,12 +224,8 @@ def split_for(
     """
     if split_mode not in (None, "official", "stratified"):  # not "unknown split": --split is fine
         raise ValueError(f"split_mode: expected official or stratified, got {split_mode!r}")
-    meta = getattr(classifier, "meta", None) or {}
-    trained = meta.get("config") or {}
-    # the path as given (resolved from here) or, for a checkpoint, as resolved when training
-    # started: a relative --data is recognised from another folder too
-    known = [p for p in (trained.get("data"), (meta.get("paths") or {}).get("data")) if p]
-    same_data = Path(data_path).resolve() in {Path(p).resolve() for p in known}
+    trained = (getattr(classifier, "meta", None) or {}).get("config") or {}
+    same_data = trained_on(classifier, data_path)
     if split_mode is None:
         split_mode = trained.get("split", "official") if same_data else "official"
         if trained.get("split") == "stratified" and not same_data:
@@ -244,6 +246,16 @@ def split_for(
     return split_mode, seed, ignore_unknown
 
 
+def trained_on(classifier, data_path: str) -> bool:
+    """Whether ``data_path`` is the data the model was trained on: the path as given (resolved
+    from here) or, for a checkpoint, as resolved when training started, so a relative --data
+    is recognised from another folder too."""
+    meta = getattr(classifier, "meta", None) or {}
+    trained = meta.get("config") or {}
+    known = [p for p in (trained.get("data"), (meta.get("paths") or {}).get("data")) if p]
+    return Path(data_path).resolve() in {Path(p).resolve() for p in known}
+
+
 def load_split(
     data_path: str,
     split: str,
@@ -251,14 +263,16 @@ def load_split(
     seed: int = 0,
     ignore_unknown: bool = False,
 ):
-    """The faces of one split, named as FER-2013 does (PublicTest) or generically (val)."""
+    """The faces of one split, named as FER-2013 does (PublicTest) or generically (val), or
+    ``all`` of them: another data set, or a folder of faces the model never saw."""
     from .data import load_dataset, split_dataset
 
     key = SPLIT_ALIASES.get(split, split)
-    if key not in ("train", "val", "test"):
-        names = [*SPLIT_ALIASES, *SPLIT_ALIASES.values()]
+    if key not in ("train", "val", "test", "all"):
+        names = [*SPLIT_ALIASES, *SPLIT_ALIASES.values(), "all"]
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(names)}")
-    part = split_dataset(load_dataset(data_path, ignore_unknown), split_mode, seed)[key]
+    data = load_dataset(data_path, ignore_unknown)
+    part = data if key == "all" else split_dataset(data, split_mode, seed)[key]
     if len(part) == 0:
         raise ValueError(f"{data_path}: split {split!r} ({split_mode} split) holds no faces")
     return part

@@ -138,7 +138,11 @@ def evaluate(
     ],
     data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
     split: Annotated[
-        str, typer.Option(help="Training, PublicTest, PrivateTest; or train/val/test")
+        str,
+        typer.Option(
+            help="Training, PublicTest, PrivateTest; or train/val/test; or all (every face: "
+            "data the model was not trained on)"
+        ),
     ] = "PublicTest",
     split_mode: Annotated[
         str | None,
