@@ -139,7 +139,7 @@ def train(
         raise ValueError(f"nproc: expected 1 or more processes, got {nproc}")
     if nproc > 1:
         # what can be refused is refused here, as one line, not as a traceback per process
-        checked, _, _ = _prepare(cfg, resume, runtime)
+        checked, *_ = _prepare(cfg, resume, runtime)
         resolve_device(checked.device)
         check_batch_size(checked.batch_size, nproc)
         model_kwargs(checked)  # pretrained/frozen_blocks on a model that has none
@@ -148,7 +148,7 @@ def train(
             cfg = replace(cfg, name=_run_dir(cfg).name)
         distributed.launch(train, nproc, cfg, resume, runtime)
         return Path(resume) if resume is not None else _run_dir(cfg)
-    cfg, run_dir, ckpt = _prepare(cfg, resume, runtime)
+    cfg, run_dir, ckpt, init = _prepare(cfg, resume, runtime)
     device = resolve_device(cfg.device)
     d = distributed.init(device)  # on a GPU it also makes cuda:LOCAL_RANK current
     finished = False
@@ -159,7 +159,7 @@ def train(
             run_dir = distributed.broadcast(run_dir, d)  # a timestamped name is rank 0's
         if cfg.threads > 0 or d.active:
             torch.set_num_threads(cfg.threads or distributed.threads_per_worker(d.local_world))
-        _fit(cfg, run_dir, ckpt, device, d)
+        _fit(cfg, run_dir, ckpt, init, device, d)
         finished = True
     finally:
         distributed.close(d, finished)
@@ -170,6 +170,7 @@ def _fit(
     cfg: TrainConfig,
     run_dir: Path,
     ckpt: dict[str, Any] | None,
+    init: tuple[dict[str, torch.Tensor], dict] | None,
     device: torch.device,
     d: distributed.Dist,
 ) -> None:
@@ -180,8 +181,6 @@ def _fit(
     if cfg.teacher:
         resuming = ckpt is not None
         data["train_soft"] = _teacher_targets(found.teacher, data["train_x"], run_dir, resuming, d)
-    # a resumed run's weights come from its checkpoint: its init may have changed or gone since
-    init = init_weights(found) if cfg.init and ckpt is None else None
     parts = build_parts(found, data, device, d, init)
     if d.active:  # same initial weights above; from here each rank draws its own dropout
         torch.manual_seed(distributed.rank_seed(cfg.seed, d))
@@ -316,8 +315,10 @@ PRETRAINED_NAMES = ("", "imagenet")
 
 def _prepare(
     cfg: TrainConfig, resume: str | Path | None, runtime: dict[str, Any] | None
-) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """The config and run directory of a new run, or those of a run to resume."""
+) -> tuple[TrainConfig, Path, dict[str, Any] | None, tuple[dict, dict] | None]:
+    """The config, run directory, checkpoint (None for a new run) and init weights (None
+    without ``init``, or for a resumed run, whose weights come from its checkpoint: its init
+    may have changed or gone since)."""
     if resume is None:
         run_dir = _run_dir(cfg)
         # either checkpoint counts: a run whose last.pt was deleted to save space still has
@@ -330,9 +331,9 @@ def _prepare(
             raise ValueError(f"config teacher: {cfg.teacher}: no such model or file")
         if cfg.pretrained not in PRETRAINED_NAMES and not Path(cfg.pretrained).exists():
             raise ValueError(f"config pretrained: {cfg.pretrained}: no such file")
-        if cfg.init:
-            init_weights(cfg)
-        return cfg, run_dir, None
+        # loaded now, so that a mismatch fails before the data loads
+        init = init_weights(cfg) if cfg.init else None
+        return cfg, run_dir, None, init
     run_dir = Path(resume)
     ckpt = load_checkpoint(run_dir / "last.pt")
     bad = sorted(set(runtime or {}) - set(RUNTIME_KEYS))
@@ -340,7 +341,7 @@ def _prepare(
         raise ValueError(
             f"a resumed run keeps its recipe; only {RUNTIME_KEYS} may change, not {bad}"
         )
-    return TrainConfig.from_dict({**ckpt["config"], **(runtime or {})}), run_dir, ckpt
+    return TrainConfig.from_dict({**ckpt["config"], **(runtime or {})}), run_dir, ckpt, None
 
 
 def input_paths(cfg: TrainConfig) -> dict[str, str]:
