@@ -315,7 +315,7 @@ PRETRAINED_NAMES = ("", "imagenet")
 
 def _prepare(
     cfg: TrainConfig, resume: str | Path | None, runtime: dict[str, Any] | None
-) -> tuple[TrainConfig, Path, dict[str, Any] | None, tuple[dict, dict] | None]:
+) -> tuple[TrainConfig, Path, dict[str, Any] | None, tuple[dict[str, torch.Tensor], dict] | None]:
     """The config, run directory, checkpoint (None for a new run) and init weights (None
     without ``init``, or for a resumed run, whose weights come from its checkpoint: its init
     may have changed or gone since)."""
