@@ -4,8 +4,9 @@
 
 Each step is what ``ferlab.train`` does per batch: uint8 batch -> float, batched
 augmentation, forward, loss, backward, optimiser step. Modes: ``fp32`` (plain eager,
-contiguous: the baseline), ``fp32+cl`` (channels_last), ``bf16+cl`` (bf16 autocast) and
-``fp32+cl+compile`` (the model through ``torch.compile``; compile time is not counted).
+contiguous: the baseline), ``fp32+cl`` (channels_last), ``bf16+cl`` (bf16 autocast), and
+``fp32+cl+compile`` and ``bf16+cl+compile`` (the model through ``torch.compile``; compile
+time is not counted).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ MODES = {  # name: (bf16 autocast, channels_last, torch.compile)
     "fp32+cl": (False, True, False),
     "bf16+cl": (True, True, False),
     "fp32+cl+compile": (False, True, True),
+    "bf16+cl+compile": (True, True, True),
 }
 
 
