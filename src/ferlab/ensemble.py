@@ -119,26 +119,9 @@ def build_ensemble(
     accuracy of each member and of the ensemble. The split is the one the members were trained
     with (a stratified split of their data, say), recorded in the ensemble's ``config`` so
     that evaluating it later scores the same held-out faces."""
-    from .evaluate import SPLIT_ALIASES, evaluate_probs, load_split, split_for
+    from .evaluate import evaluate_probs, held_out
 
-    # the training faces would be overconfident, the test faces no longer a test; a
-    # misspelt name is left to load_split, which lists the valid ones
-    if SPLIT_ALIASES.get(split, split) in ("train", "test", "all"):
-        raise ValueError(
-            f"--split {split}: calibrate on the held-out validation split "
-            "(PublicTest, or val of a folder), not the training or test faces"
-        )
-    splits = {split_for(m, data) for m in members}
-    if len(splits) > 1:  # one member's held-out faces would be another's training faces
-        said = "; ".join(
-            mode
-            + (f" (seed {seed})" if mode == "stratified" else "")
-            + (", unknown class folders ignored" if ignore else "")
-            for mode, seed, ignore in sorted(splits)
-        )
-        raise ValueError(f"{data}: the members were trained on different splits: {said}")
-    mode, seed, ignore = splits.pop()
-    part = load_split(data, split, mode, seed, ignore)
+    part, (mode, seed, ignore) = held_out(members, data, split, "calibrate")
     # resolved: evaluating the manifest from another directory must find the same split (it
     # is saved relative to the manifest)
     config = {"data": str(Path(data).resolve()), "split": mode, "seed": seed}

@@ -278,6 +278,31 @@ def load_split(
     return part
 
 
+def held_out(models: list, data: str, split: str, purpose: str):
+    """The faces of ``split``, a held-out validation split of ``data`` for every one of
+    ``models`` (``purpose``, such as "calibrate", names what it is for in the refusal), and
+    the ``(split_mode, seed, ignore_unknown)`` it was drawn with. Models trained on different
+    splits are refused: one's held-out faces would be another's training faces."""
+    # the training faces would flatter, the test faces no longer be a test; a misspelt name
+    # is left to load_split, which lists the valid ones
+    if SPLIT_ALIASES.get(split, split) in ("train", "test", "all"):
+        raise ValueError(
+            f"--split {split}: {purpose} on the held-out validation split "
+            "(PublicTest, or val of a folder), not the training or test faces"
+        )
+    splits = {split_for(m, data) for m in models}
+    if len(splits) > 1:
+        said = "; ".join(
+            mode
+            + (f" (seed {seed})" if mode == "stratified" else "")
+            + (", unknown class folders ignored" if ignore else "")
+            for mode, seed, ignore in sorted(splits)
+        )
+        raise ValueError(f"{data}: the models were trained on different splits: {said}")
+    how = splits.pop()
+    return load_split(data, split, *how), how
+
+
 def evaluate_probs(probs: np.ndarray, labels: np.ndarray) -> Metrics:
     """Metrics from probabilities of any model (PyTorch or ONNX Runtime)."""
     log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1)))

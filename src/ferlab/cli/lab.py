@@ -1,5 +1,5 @@
-"""Commands that train, measure and package models: data, train, evaluate, ensemble, export,
-experiment, report, models."""
+"""Commands that train, measure and package models: data, train, evaluate, ensemble, average,
+export, experiment, report, models."""
 
 from __future__ import annotations
 
@@ -202,6 +202,41 @@ def ensemble(
     console.print(f"ensemble of {len(members)}: {split} accuracy {accuracy['ensemble']:.2%}")
     extra = {"calibrated_on": split, "metrics": {split: {"accuracy": accuracy["ensemble"]}}}
     console.print(f"wrote {save_ensemble(ens, out, extra=extra)}")
+
+
+@app.command()
+def average(
+    models: Annotated[
+        list[str], typer.Argument(help="Checkpoints, run dirs or exports of one network")
+    ],
+    out: Annotated[Path, typer.Option(help="Export stem: writes OUT.safetensors and OUT.json")],
+    data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
+    split: Annotated[str, typer.Option(help="Held-out split that scores (and picks) soups")] = (
+        "PublicTest"
+    ),
+    bn: Annotated[
+        str, typer.Option(help="Split that re-estimates batch-norm statistics, or none")
+    ] = "Training",
+    greedy: Annotated[
+        bool, typer.Option(help="Keep an ingredient only if the soup scores no lower with it")
+    ] = False,
+) -> None:
+    """Average the weights of fine-tunes of one model (a model soup) into one network."""
+    from ..classifier import load_model
+    from ..export import check_exportable, export_safetensors
+    from ..soup import make_soup
+
+    check_out(out, folder=False)
+    loaded = [check_exportable(load_model(m), m) for m in models]
+    soup, report = make_soup(loaded, models, data, split, None if bn == "none" else bn, greedy)
+    for row in report["ingredients"]:
+        kept = "" if row["kept"] else " (left out)"
+        console.print(f"{row['model']}: {split} accuracy {row['accuracy']:.2%}{kept}")
+    kept = sum(row["kept"] for row in report["ingredients"])
+    console.print(f"soup of {kept}: {split} accuracy {report['accuracy']:.2%}")
+    console.print(
+        "wrote " + ", ".join(map(str, export_safetensors(soup, out, extra={"soup": report})))
+    )
 
 
 @app.command()

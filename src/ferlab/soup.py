@@ -1,0 +1,142 @@
+"""Weight averaging ("model soups", Wortsman et al. 2022): one network whose weights are the
+mean of several fine-tunes of the same starting point, so it costs one model's inference.
+
+Averaging only works for networks that stay in one basin of the loss, such as fine-tunes of
+one checkpoint; independently trained seeds do not (their units are permuted), which the
+held-out accuracy that :func:`greedy_soup` and ``ferlab average`` print makes plain.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import update_bn
+
+from .classifier import Classifier
+from .transforms import fit_input, to_input
+
+
+def _same(models: Sequence[Classifier], names: Sequence[str]) -> None:
+    """Refuse, in one line naming both, ingredients whose weights cannot be averaged."""
+    first = models[0]
+    for model, name in zip(models[1:], names[1:], strict=True):
+        for field, get in (
+            ("model_name", lambda m: m.name),
+            ("classes", lambda m: list(m.classes)),
+            ("preprocess", lambda m: dict(m.preprocess)),
+            ("weights", lambda m: {k: tuple(v.shape) for k, v in m.model.state_dict().items()}),
+        ):
+            if get(model) != get(first):
+                raise ValueError(
+                    f"{name}: {field} differs from {names[0]}'s; a soup averages one network"
+                )
+
+
+def average(models: Sequence[Classifier], names: Sequence[str] | None = None) -> Classifier:
+    """The uniform average of ``models``' weights (batch-norm statistics included; integer
+    buffers such as ``num_batches_tracked`` come from the first), as a new Classifier that
+    keeps the first model's metadata."""
+    if not models:
+        raise ValueError("average needs at least one model")
+    names = list(names or [f"model {i}" for i in range(len(models))])
+    _same(models, names)
+    states = [m.model.state_dict() for m in models]
+    mean = {
+        k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
+        if v.is_floating_point()
+        else v.clone()
+        for k, v in states[0].items()
+    }
+    first = models[0]
+    net = copy.deepcopy(first.model)
+    net.load_state_dict(mean)
+    return Classifier(
+        net, first.preprocess, first.classes, first.name, copy.deepcopy(first.meta), first.device
+    )
+
+
+def _batches(model: Classifier, faces: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(faces), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(faces[i : i + batch_size])).to(model.device)
+        x = to_input(x, model.preprocess).contiguous(memory_format=torch.channels_last)
+        yield fit_input(x, model.preprocess)
+
+
+def recalibrate_bn(model: Classifier, faces: np.ndarray, batch_size: int = 256) -> Classifier:
+    """Re-estimate ``model``'s batch-norm statistics on uint8 ``faces`` (N, 48, 48), in place:
+    averaged weights no longer produce the averaged activations' statistics. A network
+    without batch norm is left as it is."""
+    with torch.no_grad():
+        update_bn(_batches(model, faces, batch_size), model.model)
+    model.model.eval()  # update_bn leaves it in training mode
+    return model
+
+
+def greedy_soup(
+    models: Sequence[Classifier],
+    score: Any,
+    prepare: Any = lambda m: m,
+) -> tuple[list[int], list[float], float]:
+    """Wortsman et al.'s greedy soup: ingredients in order of their own held-out ``score``
+    (a function of a Classifier, higher is better), each kept only if the soup with it
+    scores no lower than without. ``prepare`` turns an average into the model to score
+    (batch-norm re-estimation, say). Returns the kept indices, every ingredient's score and
+    the soup's score."""
+    scores = [float(score(m)) for m in models]
+    order = sorted(range(len(models)), key=lambda i: -scores[i])
+    kept, best = [order[0]], scores[order[0]]
+    for i in order[1:]:
+        trial = score(prepare(average([models[j] for j in [*kept, i]])))
+        if trial >= best:
+            kept, best = [*kept, i], float(trial)
+    return kept, scores, best
+
+
+def make_soup(
+    models: Sequence[Classifier],
+    names: Sequence[str],
+    data: str,
+    split: str = "PublicTest",
+    bn_split: str | None = "Training",
+    greedy: bool = False,
+) -> tuple[Classifier, dict[str, Any]]:
+    """The uniform (or, with ``greedy``, greedy) soup of ``models``, its batch-norm statistics
+    re-estimated on ``bn_split``'s faces (None: averaged as they are), and a report: each
+    ingredient's and the soup's accuracy on the held-out ``split`` and which were kept."""
+    from .evaluate import evaluate_probs, held_out, load_split
+
+    part, how = held_out(list(models), data, split, "score soups")
+    bn_faces = None if bn_split is None else load_split(data, bn_split, *how).images
+
+    def prepare(soup: Classifier) -> Classifier:
+        return soup if bn_faces is None else recalibrate_bn(soup, bn_faces)
+
+    def accuracy(model: Classifier) -> float:
+        return evaluate_probs(model.predict_proba(part.images), part.labels).accuracy
+
+    if greedy:
+        kept, scores, best = greedy_soup(models, accuracy, prepare)
+    else:
+        kept, scores = list(range(len(models))), [accuracy(m) for m in models]
+    soup = average([models[i] for i in kept], [names[i] for i in kept])
+    if len(kept) > 1:  # one ingredient is that model, statistics and all
+        soup = prepare(soup)
+    if not greedy:
+        best = accuracy(soup)
+    report = {
+        "ingredients": [
+            {"model": str(n), "accuracy": round(s, 4), "kept": i in kept}
+            for i, (n, s) in enumerate(zip(names, scores, strict=True))
+        ],
+        "greedy": greedy,
+        "bn_recalibrated_on": bn_split,
+        "split": split,
+        "accuracy": round(best, 4),
+    }
+    # the first ingredient's metrics would describe another network
+    soup.meta["metrics"] = {split: {"accuracy": report["accuracy"]}}
+    return soup, report
