@@ -71,10 +71,11 @@ def test_greedy_soup_keeps_what_does_not_lower_the_score(faces):  # noqa: F811
         return -float(np.abs(model.predict_proba(faces) - target).mean())
 
     prepared = []
-    kept, scores, best = greedy_soup([b, a, twin], score, lambda m: prepared.append(m) or m)
+    kept, scores, soup, best = greedy_soup([b, a, twin], score, lambda m: prepared.append(m) or m)
     assert scores[1] == scores[2] == 0 and scores[0] < 0
     assert kept == [1, 2] and best == 0  # b, tried last, would lower the score: left out
     assert len(prepared) == 2  # every trial soup goes through prepare
+    assert soup is prepared[0]  # the soup of a and its twin: the last trial lowered the score
 
 
 def _fine_tunes(real_csv, tmp_path):

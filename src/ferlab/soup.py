@@ -9,7 +9,7 @@ held-out accuracy that :func:`greedy_soup` and ``ferlab average`` print makes pl
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,22 +78,23 @@ def recalibrate_bn(model: Classifier, faces: np.ndarray, batch_size: int = 256) 
 
 def greedy_soup(
     models: Sequence[Classifier],
-    score: Any,
-    prepare: Any = lambda m: m,
-) -> tuple[list[int], list[float], float]:
+    score: Callable[[Classifier], float],
+    prepare: Callable[[Classifier], Classifier] = lambda m: m,
+) -> tuple[list[int], list[float], Classifier, float]:
     """Wortsman et al.'s greedy soup: ingredients in order of their own held-out ``score``
-    (a function of a Classifier, higher is better), each kept only if the soup with it
-    scores no lower than without. ``prepare`` turns an average into the model to score
-    (batch-norm re-estimation, say). Returns the kept indices, every ingredient's score and
-    the soup's score."""
+    (higher is better), each kept only if the soup with it scores no lower than without.
+    ``prepare`` turns an average into the model to score (batch-norm re-estimation, say).
+    Returns the kept indices, every ingredient's score, the soup and its score."""
     scores = [float(score(m)) for m in models]
     order = sorted(range(len(models)), key=lambda i: -scores[i])
     kept, best = [order[0]], scores[order[0]]
+    soup = average([models[order[0]]])  # a soup of one is that model, statistics and all
     for i in order[1:]:
-        trial = score(prepare(average([models[j] for j in [*kept, i]])))
-        if trial >= best:
-            kept, best = [*kept, i], float(trial)
-    return kept, scores, best
+        trial = prepare(average([models[j] for j in [*kept, i]]))
+        trial_score = float(score(trial))
+        if trial_score >= best:
+            kept, best, soup = [*kept, i], trial_score, trial
+    return kept, scores, soup, best
 
 
 def make_soup(
@@ -109,6 +110,7 @@ def make_soup(
     ingredient's and the soup's accuracy on the held-out ``split`` and which were kept."""
     from .evaluate import evaluate_probs, held_out, load_split
 
+    _same(models, names)  # before minutes of scoring
     part, how = held_out(list(models), data, split, "score soups")
     bn_faces = None if bn_split is None else load_split(data, bn_split, *how).images
 
@@ -119,13 +121,12 @@ def make_soup(
         return evaluate_probs(model.predict_proba(part.images), part.labels).accuracy
 
     if greedy:
-        kept, scores, best = greedy_soup(models, accuracy, prepare)
+        kept, scores, soup, best = greedy_soup(models, accuracy, prepare)
     else:
         kept, scores = list(range(len(models))), [accuracy(m) for m in models]
-    soup = average([models[i] for i in kept], [names[i] for i in kept])
-    if len(kept) > 1:  # one ingredient is that model, statistics and all
-        soup = prepare(soup)
-    if not greedy:
+        soup = average(models, names)
+        if len(models) > 1:  # one ingredient is that model, statistics and all
+            soup = prepare(soup)
         best = accuracy(soup)
     report = {
         "ingredients": [
