@@ -102,17 +102,18 @@ def make_soup(
     names: Sequence[str],
     data: str,
     split: str = "PublicTest",
-    bn_split: str | None = "Training",
+    bn: bool = True,
     greedy: bool = False,
 ) -> tuple[Classifier, dict[str, Any]]:
     """The uniform (or, with ``greedy``, greedy) soup of ``models``, its batch-norm statistics
-    re-estimated on ``bn_split``'s faces (None: averaged as they are), and a report: each
-    ingredient's and the soup's accuracy on the held-out ``split`` and which were kept."""
+    re-estimated on the training faces (``bn=False``: averaged as they are; test faces would
+    leak into the model), and a report: each ingredient's and the soup's accuracy on the
+    held-out ``split`` and which were kept."""
     from .evaluate import evaluate_probs, held_out, load_split
 
     _same(models, names)  # before minutes of scoring
     part, how = held_out(list(models), data, split, "score soups")
-    bn_faces = None if bn_split is None else load_split(data, bn_split, *how).images
+    bn_faces = load_split(data, "train", *how).images if bn else None
 
     def prepare(soup: Classifier) -> Classifier:
         return soup if bn_faces is None else recalibrate_bn(soup, bn_faces)
@@ -134,7 +135,7 @@ def make_soup(
             for i, (n, s) in enumerate(zip(names, scores, strict=True))
         ],
         "greedy": greedy,
-        "bn_recalibrated_on": bn_split,
+        "bn_recalibrated": bn,
         "split": split,
         "accuracy": round(best, 4),
     }

@@ -215,8 +215,8 @@ def average(
         "PublicTest"
     ),
     bn: Annotated[
-        str, typer.Option(help="Split that re-estimates batch-norm statistics, or none")
-    ] = "Training",
+        bool, typer.Option(help="Re-estimate batch-norm statistics on the training faces")
+    ] = True,
     greedy: Annotated[
         bool, typer.Option(help="Keep an ingredient only if the soup scores no lower with it")
     ] = False,
@@ -228,7 +228,7 @@ def average(
 
     check_out(out, folder=False)
     loaded = [check_exportable(load_model(m), m) for m in models]
-    soup, report = make_soup(loaded, models, data, split, None if bn == "none" else bn, greedy)
+    soup, report = make_soup(loaded, models, data, split, bn, greedy)
     for row in report["ingredients"]:
         kept = "" if row["kept"] else " (left out)"
         console.print(f"{row['model']}: {split} accuracy {row['accuracy']:.2%}{kept}")
