@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from ferlab import load_model
 from ferlab.cli import app
+from ferlab.evaluate import load_split
 from ferlab.soup import average, greedy_soup, recalibrate_bn
 from test_export import SMALL, faces, make_classifier, small_classifier  # noqa: F401
 
@@ -74,8 +75,9 @@ def test_greedy_soup_keeps_what_does_not_lower_the_score(faces):  # noqa: F811
     kept, scores, soup, best = greedy_soup([b, a, twin], score, lambda m: prepared.append(m) or m)
     assert scores[1] == scores[2] == 0 and scores[0] < 0
     assert kept == [1, 2] and best == 0  # b, tried last, would lower the score: left out
-    assert len(prepared) == 2  # every trial soup goes through prepare
-    assert soup is prepared[0]  # the soup of a and its twin: the last trial lowered the score
+    # every ingredient, then every trial soup, goes through prepare
+    assert len(prepared) == 5
+    assert soup is prepared[3]  # the soup of a and its twin: the last trial lowered the score
 
 
 def _fine_tunes(real_csv, tmp_path):
@@ -137,6 +139,19 @@ def test_average_command_writes_a_soup_that_loads(real_csv, tmp_path, monkeypatc
     assert greedy.exit_code == 0, greedy.output
     report = json.loads((tmp_path / "soup2.json").read_text())["soup"]
     assert report["greedy"] and not report["bn_recalibrated"]
+
+    # a soup of one model is that model with its statistics re-estimated on the training faces
+    one_args = ["average", str(fine_tunes[0]), "--data", str(real_csv), "--out"]
+    one = CliRunner().invoke(app, [*one_args, str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    got, given = load_model(tmp_path / "one.json"), load_model(fine_tunes[0])
+    expected = recalibrate_bn(load_model(fine_tunes[0]), load_split(real_csv, "Training").images)
+    bn = "features.1.running_mean"
+    for key, want in ((conv, given), (bn, expected)):
+        torch.testing.assert_close(
+            got.model.state_dict()[key], want.model.state_dict()[key], atol=2e-3, rtol=1e-3
+        )
+    assert not torch.allclose(given.model.state_dict()[bn], expected.model.state_dict()[bn])
 
     # scoring soups on the test or training faces would not be held-out selection
     for split in ("PrivateTest", "Training"):

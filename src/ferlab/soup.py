@@ -83,12 +83,13 @@ def greedy_soup(
 ) -> tuple[list[int], list[float], Classifier, float]:
     """Wortsman et al.'s greedy soup: ingredients in order of their own held-out ``score``
     (higher is better), each kept only if the soup with it scores no lower than without.
-    ``prepare`` turns an average into the model to score (batch-norm re-estimation, say).
+    ``prepare`` turns an average into the model to score (batch-norm re-estimation, say),
+    single ingredients included, so that averaging is judged against them on equal terms.
     Returns the kept indices, every ingredient's score, the soup and its score."""
-    scores = [float(score(m)) for m in models]
+    singles = [prepare(average([m])) for m in models]
+    scores = [float(score(m)) for m in singles]
     order = sorted(range(len(models)), key=lambda i: -scores[i])
-    kept, best = [order[0]], scores[order[0]]
-    soup = average([models[order[0]]])  # a soup of one is that model, statistics and all
+    kept, best, soup = [order[0]], scores[order[0]], singles[order[0]]
     for i in order[1:]:
         trial = prepare(average([models[j] for j in [*kept, i]]))
         trial_score = float(score(trial))
@@ -108,7 +109,10 @@ def make_soup(
     """The uniform (or, with ``greedy``, greedy) soup of ``models``, its batch-norm statistics
     re-estimated on the training faces (``bn=False``: averaged as they are; test faces would
     leak into the model), and a report: each ingredient's and the soup's accuracy on the
-    held-out ``split`` and which were kept."""
+    held-out ``split`` and which were kept. Ingredients are scored with their statistics
+    re-estimated too; a soup of one model is that model re-estimated. Re-estimation alone
+    can pay: a network trained on augmented batches carries their statistics, not those of
+    the clean faces it will see (``vggnet_s``: +0.5 to +1.3 points on PublicTest)."""
     from .evaluate import evaluate_probs, held_out, load_split
 
     _same(models, names)  # before minutes of scoring
@@ -124,10 +128,9 @@ def make_soup(
     if greedy:
         kept, scores, soup, best = greedy_soup(models, accuracy, prepare)
     else:
-        kept, scores = list(range(len(models))), [accuracy(m) for m in models]
-        soup = average(models, names)
-        if len(models) > 1:  # one ingredient is that model, statistics and all
-            soup = prepare(soup)
+        kept = list(range(len(models)))
+        scores = [accuracy(prepare(average([m]))) for m in models]
+        soup = prepare(average(models, names))
         best = accuracy(soup)
     report = {
         "ingredients": [
