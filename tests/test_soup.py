@@ -127,6 +127,7 @@ def test_average_command_writes_a_soup_that_loads(real_csv, tmp_path, monkeypatc
     assert [i["model"] for i in soup["ingredients"]] == list(map(str, fine_tunes))
     assert soup["bn_recalibrated"] and not soup["greedy"]
     assert info["metrics"] == {"PublicTest": {"accuracy": soup["accuracy"]}}
+    assert info["config"]["name"] == "soup" and info["config"]["seed"] == 1  # the first input
     loaded = load_model(out.with_suffix(".json"))
     expected = average([load_model(f) for f in fine_tunes]).model.state_dict()
     # the weights are the mean (fp16 on disk); batch-norm statistics were re-estimated

@@ -229,6 +229,8 @@ def average(
     check_out(out, folder=False)
     loaded = [check_exportable(load_model(m), m) for m in models]
     soup, report = make_soup(loaded, models, data, split, bn, greedy)
+    # the config is the first input's; the soup is a model of its own, named as written
+    soup.meta["config"] = {**soup.meta.get("config", {}), "name": out.name}
     for row in report["ingredients"]:
         kept = "" if row["kept"] else " (left out)"
         console.print(f"{row['model']}: {split} accuracy {row['accuracy']:.2%}{kept}")
