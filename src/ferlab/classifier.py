@@ -89,7 +89,8 @@ def _on_onnx(model: Classifier):
 
 WEIGHTS = Path(__file__).parent / "weights"
 REQUIRED = ("model_name", "classes", "preprocess")  # metadata every export must carry
-TRAINING_KEYS = ("model_kwargs", "metrics", "config")  # Classifier.meta entries worth shipping
+# Classifier.meta entries worth shipping
+TRAINING_KEYS = ("model_kwargs", "metrics", "config", "soup")
 
 
 def shipped_models() -> list[str]:
