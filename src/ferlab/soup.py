@@ -55,7 +55,12 @@ def average(models: Sequence[Classifier], names: Sequence[str] | None = None) ->
     net = copy.deepcopy(first.model)
     net.load_state_dict(mean)
     return Classifier(
-        net, first.preprocess, first.classes, first.name, copy.deepcopy(first.meta), first.device
+        net,
+        first.preprocess,
+        first.classes,
+        first.name,
+        copy.deepcopy(first.meta),
+        str(first.device),
     )
 
 
