@@ -117,7 +117,7 @@ def make_soup(
     held-out ``split`` and which were kept. Ingredients are scored with their statistics
     re-estimated too; a soup of one model is that model re-estimated. Re-estimation alone
     can pay: a network trained on augmented batches carries their statistics, not those of
-    the clean faces it will see (``vggnet_s``: +0.5 to +1.3 points on PublicTest)."""
+    the clean faces it will see (six ``vggnet_s``: +0.3 to +1.3 points on PublicTest)."""
     from .evaluate import evaluate_probs, held_out, load_split
 
     _same(models, names)  # before minutes of scoring
