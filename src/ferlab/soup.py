@@ -134,9 +134,11 @@ def make_soup(
         kept, scores, soup, best = greedy_soup(models, accuracy, prepare)
     else:
         kept = list(range(len(models)))
-        scores = [accuracy(prepare(average([m]))) for m in models]
-        soup = prepare(average(models, names))
-        best = accuracy(soup)
+        singles = [prepare(average([m])) for m in models]
+        scores = [accuracy(m) for m in singles]
+        # one input: its re-estimated single is the soup, scored already
+        soup = singles[0] if len(models) == 1 else prepare(average(models, names))
+        best = scores[0] if len(models) == 1 else accuracy(soup)
     report = {
         "ingredients": [
             {"model": str(n), "accuracy": round(s, 4), "kept": i in kept}
