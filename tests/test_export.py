@@ -155,6 +155,48 @@ def test_onnx_tta_matches_torch(faces, ort, tmp_path):
         assert max_diff(got, clf.predict_proba(faces)) > 1e-3  # the views did something
 
 
+def test_an_exports_own_tta_travels_with_it_and_is_the_default(faces, ort, tmp_path):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    clf = make_classifier(faces[:64])
+    _, meta = export_safetensors(clf, tmp_path / "plain", fp16=False)
+    assert "tta" not in json.loads(meta.read_text())  # single pass: nothing recorded
+    for fmt, out in (("safetensors", tmp_path / "shift"), ("onnx", tmp_path / "shift.onnx")):
+        args = ["export", str(meta), "--format", fmt, "--tta", "shift", "--out", str(out)]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, (r.output, r.exception)
+    own = load_model(tmp_path / "shift.json")
+    onnx_own = load_model(tmp_path / "shift.onnx")
+    assert own.tta == onnx_own.tta == "shift" and load_model(meta).tta == "none"
+    shifted, single = clf.predict_proba(faces, tta="shift"), clf.predict_proba(faces)
+    assert max_diff(shifted, single) > 1e-2  # the views change the answer
+    for model in (own, onnx_own):  # fp16 weights: near the source, equal to their own views
+        mine = model.predict_proba(faces)
+        assert (mine == model.predict_proba(faces, tta="shift")).all()
+        assert max_diff(mine, shifted) < 2e-3
+        assert max_diff(model.predict_proba(faces, tta="none"), single) < 2e-3  # or as told
+    # a re-export keeps it unless told otherwise
+    export_safetensors(own, tmp_path / "again", fp16=False)
+    assert json.loads((tmp_path / "again.json").read_text())["tta"] == "shift"
+
+
+def test_a_bad_recorded_tta_names_the_file_and_a_bad_option_exits(tmp_path):
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    _, meta = export_safetensors(small_classifier(), tmp_path / "m", fp16=False)
+    meta.write_text(meta.read_text().replace('"dtype"', '"tta": "sideways", "dtype"'))
+    one_line_error(lambda: load_model(meta), meta, "tta: unknown tta 'sideways'")
+    with pytest.raises(ValueError, match="extra must not set tta"):
+        export_safetensors(small_classifier(), tmp_path / "x", extra={"tta": "shift"})
+    r = CliRunner().invoke(app, ["export", "--tta", "diagonal", "--out", str(tmp_path / "y.onnx")])
+    assert r.exit_code != 0 and "unknown tta 'diagonal'" in str(r.exception)
+    assert not (tmp_path / "y.onnx").exists()
+
+
 @pytest.mark.slow
 def test_a_crop_trained_model_sees_centre_crops_in_torch_and_its_exports(faces, ort, tmp_path):
     """Trained on random 44-pixel crops, a model takes 48x48 faces everywhere and runs on

@@ -33,6 +33,14 @@ def check_batch(batch_size: int) -> int:
     return n
 
 
+def own_tta(value: object, where: str) -> str:
+    """An export's recorded ``tta``, else ValueError naming the file."""
+    try:
+        return check_tta(value)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ValueError(f"{where}: tta: {e}") from None
+
+
 class Classifier:
     """Classifies 48x48 grayscale faces with the preprocessing the model was trained with."""
 
@@ -46,6 +54,7 @@ class Classifier:
         name: str = "",
         meta: dict | None = None,
         device: str = "cpu",
+        tta: str = "none",
     ):
         self.device = torch.device(device)
         # channels_last: 1.4-1.6x faster on CPU (benchmarks/infer_speed.py, its NCHW row)
@@ -54,12 +63,19 @@ class Classifier:
         self.classes = tuple(classes)
         self.name = name
         self.meta = meta or {}
+        # the views predict_proba averages when not told: an export's own, chosen on held-out
+        # data (the shipped default: shift, docs/MODEL_CARD.md)
+        self.tta = check_tta(tta)
 
     def predict_proba(
         self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None
     ) -> np.ndarray:
-        """float32 ``(N, 7)`` probabilities in EMOTIONS order for uint8 faces ``(N, 48, 48)``."""
-        faces, tta, batch_size = check_faces(faces), check_tta(tta), check_batch(batch_size)
+        """float32 ``(N, 7)`` probabilities in EMOTIONS order for uint8 faces ``(N, 48, 48)``.
+
+        ``tta``: "none", "flip" or "shift"; None is the model's own (:attr:`tta`).
+        """
+        faces, batch_size = check_faces(faces), check_batch(batch_size)
+        tta = self.tta if tta is None else check_tta(tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         # convert chunk by chunk so N = 100,000 never builds one huge float tensor
         chunk = 8192

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .checkpoint import build_model
-from .classifier import REQUIRED, TRAINING_KEYS, Classifier, check_faces
+from .classifier import REQUIRED, TRAINING_KEYS, Classifier, check_faces, own_tta
 from .data import atomic_write_bytes
 from .onnx_model import OnnxClassifier
 from .transforms import check_preprocess, fit_input, scale
@@ -67,6 +67,8 @@ def _describe(classifier: Classifier) -> dict:
         "ferlab_version": __version__,
     }
     info.update({k: meta[k] for k in TRAINING_KEYS if k in meta})
+    if classifier.tta != "none":  # the views it averages unless told otherwise
+        info["tta"] = classifier.tta
     # load_model keeps the config, whose model_kwargs are the checkpoint's
     if "model_kwargs" not in meta and "model_kwargs" in meta.get("config", {}):
         info["model_kwargs"] = meta["config"]["model_kwargs"]
@@ -239,8 +241,8 @@ def quantize_onnx(source: str | Path, path: str | Path, faces: np.ndarray) -> Pa
     data = proto.SerializeToString()
     agree = float(
         (
-            OnnxClassifier(data, threads=1).predict(faces)
-            == OnnxClassifier(str(source), threads=1).predict(faces)
+            OnnxClassifier(data, threads=1).predict(faces, tta="none")
+            == OnnxClassifier(str(source), threads=1).predict(faces, tta="none")
         ).mean()
     )
     if agree < 0.9:
@@ -306,7 +308,7 @@ def export_safetensors(
     check_exportable(classifier)
     stem = Path(path) / classifier.name if Path(path).is_dir() else _stem(path)
     info = {**_describe(classifier), "dtype": "float16" if fp16 else "float32"}
-    clash = sorted(set(extra or {}) & {*REQUIRED, "model_kwargs", "dtype", "sha256"})
+    clash = sorted(set(extra or {}) & {*REQUIRED, "model_kwargs", "dtype", "sha256", "tta"})
     if clash:
         raise ValueError(f"extra must not set {', '.join(clash)}: the exporter writes them")
     info.update(extra or {})
@@ -373,6 +375,7 @@ def load_safetensors_model(path: str | Path, device: str = "cpu") -> Classifier:
         info["preprocess"],
         tuple(info["classes"]),
         name=info["model_name"],
-        meta={k: v for k, v in info.items() if k not in REQUIRED},
+        meta={k: v for k, v in info.items() if k not in (*REQUIRED, "tta")},
         device=device,
+        tta=own_tta(info.get("tta", "none"), str(meta)),
     )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import REQUIRED, TRAINING_KEYS, check_batch, check_faces
+from .classifier import REQUIRED, TRAINING_KEYS, check_batch, check_faces, own_tta
 from .transforms import check_preprocess, check_tta, mean_log_probs, tta_views
 
 
@@ -48,6 +48,7 @@ class OnnxClassifier:
             _parse(props.pop("preprocess"), where, "preprocess"), f"{where}: metadata"
         )
         self.preprocess.pop("input", None)
+        self.tta = own_tta(props.pop("tta", "none"), f"{where}: metadata")
         self.name = props.pop("model_name")
         self.meta = {k: _parse(v, where, k) if k in TRAINING_KEYS else v for k, v in props.items()}
 
@@ -63,7 +64,8 @@ class OnnxClassifier:
         :func:`~ferlab.transforms.tta_views`, then takes the softmax: the same numbers as
         ``Classifier.predict_proba(..., tta=tta)``.
         """
-        faces, tta, batch_size = check_faces(faces), check_tta(tta), check_batch(batch_size)
+        faces, batch_size = check_faces(faces), check_batch(batch_size)
+        tta = self.tta if tta is None else check_tta(tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         for i in range(0, len(faces), batch_size):
             x = faces[i : i + batch_size, None].astype(np.float32)

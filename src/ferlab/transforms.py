@@ -108,7 +108,7 @@ SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))  # pixels (dx, dy)
 
 
 def check_tta(tta: str | None) -> str:
-    """A valid TTA mode; None (a model's own default) is "none" for a single model."""
+    """A valid TTA mode; None (where callers mean "the model's own") is "none"."""
     if tta is None:
         return "none"
     if tta not in TTA_MODES:

@@ -173,7 +173,8 @@ def evaluate(
     formats = parse_formats(format or ("json,csv,md" if out else "md"), out)
     clf = load_model(model)
     metrics = evaluate_split(clf, data, split, split_mode, tta, ignore_unknown)
-    title = f"{model} on {split}" + (f" ({tta} TTA)" if tta not in (None, "none") else "")
+    views = tta if tta is not None else getattr(clf, "tta", "none")  # the model's own
+    title = f"{model} on {split}" + (f" ({views} TTA)" if views != "none" else "")
     if out is not None:
         for path in metrics.save(out, formats, title=title):
             err.print(f"wrote {path}")
@@ -263,6 +264,13 @@ def export(
     data: Annotated[
         str | None, typer.Option(help=f"Dataset for --int8 calibration \\[default: {DEFAULT_DATA}]")
     ] = None,
+    tta: Annotated[
+        str | None,
+        typer.Option(
+            help="The views the export averages unless told otherwise: none, flip or shift "
+            "\\[default: the model's own]"
+        ),
+    ] = None,
 ) -> None:
     """Export a model to ONNX (metadata included, parity checked) or fp16 safetensors."""
     from ..classifier import load_model
@@ -280,10 +288,17 @@ def export(
         raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
     check_out(out, folder=False)
     from ..onnx_model import OnnxClassifier
+    from ..transforms import check_tta
 
+    if tta is not None:
+        check_tta(tta)
     clf = load_model(model)
     if not (int8 and isinstance(clf, OnnxClassifier)):  # --int8 takes a float .onnx as it is
         clf = check_exportable(clf, model or "default")
+    elif tta is not None:
+        raise ValueError(f"--tta: {model} keeps its own; export its PyTorch model with --tta")
+    if tta is not None:
+        clf.tta = tta
     if int8:
         from ..export import export_int8
 

@@ -198,6 +198,7 @@ class Service:
             "input_size": [size, size],
             "preprocess": spec,
             "runtime": getattr(model, "runtime", "torch"),
+            "tta": getattr(model, "tta", "none"),  # the views each face's result averages
             # an int8 export says so in its metadata (the shipped `fast`); float models: null
             "quantization": getattr(model, "meta", {}).get("quantization"),
             "detectors": self.detectors,
