@@ -694,11 +694,15 @@ def test_the_shipped_defaults_facts_are_its_committed_info_and_evaluations():
     results = root / "docs/results" / meta["config"]["name"]  # the run the file came from
     info = load_yaml_mapping(results / "info.yaml")
     assert {k: meta[k] for k in info} == info
+    assert meta["tta"] == "shift"  # its own views, chosen on PublicTest (docs/results)
     for split in ("PublicTest", "PrivateTest"):
-        single = json.loads((results / split / "metrics.json").read_text())
-        flip = json.loads((results / f"{split}-flip" / "metrics.json").read_text())
+        single, flip, shift = (
+            json.loads((results / f"{split}{views}" / "metrics.json").read_text())
+            for views in ("", "-flip", "-shift")
+        )
         assert info["metrics"][split] == {
             "accuracy": round(single["accuracy"], 4),
             "accuracy_flip_tta": round(flip["accuracy"], 4),
+            "accuracy_shift_tta": round(shift["accuracy"], 4),
             "macro_f1": round(single["macro_f1"], 4),
         }
