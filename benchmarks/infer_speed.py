@@ -5,9 +5,9 @@
 
 Classification: PyTorch (eager, fp32; channels_last as shipped, and NCHW) and ONNX Runtime,
 batch 1 and 64, on random faces (speed does not depend on content), with the model's own
-test-time augmentation (the shipped default: shift, 10 views a face) and single pass. End to end: read
-nothing, detect + crop + classify a 512x512 real photo (scikit-image's astronaut) with each
-detector that is installed.
+test-time augmentation (the shipped default's: shift, 10 views a face) and in one pass. End
+to end: read nothing, detect + crop + classify a 512x512 real photo (scikit-image's
+astronaut) with each detector that is installed.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
 )
-TTA_HELP = "none, flip or shift (10 views); default: the model's own (an ensemble's manifest)"
+TTA_HELP = "none, flip or shift (10 views); default: the model's own (shipped default: shift)"
 # soft_wrap: a message or a path is one line however long (scripts grep them; a wrapped
 # "wrote <path>" cannot be pasted); tables still lay themselves out to the width. No markup:
 # messages carry paths and pip extras ('ferlab[dlib]') whose brackets must print as they are
