@@ -39,7 +39,8 @@ def _same(models: Sequence[Classifier], names: Sequence[str]) -> None:
 def average(models: Sequence[Classifier], names: Sequence[str] | None = None) -> Classifier:
     """The uniform average of ``models``' weights (batch-norm statistics included; integer
     buffers such as ``num_batches_tracked`` come from the first), as a new Classifier that
-    keeps the first model's metadata."""
+    keeps the first model's metadata but not its own test-time augmentation (a new network's
+    views are chosen anew: ``ferlab export --tta``)."""
     if not models:
         raise ValueError("average needs at least one model")
     names = list(names or [f"model {i}" for i in range(len(models))])
@@ -127,8 +128,8 @@ def make_soup(
     def prepare(soup: Classifier) -> Classifier:
         return soup if bn_faces is None else recalibrate_bn(soup, bn_faces)
 
-    def accuracy(model: Classifier) -> float:
-        return evaluate_probs(model.predict_proba(part.images), part.labels).accuracy
+    def accuracy(model: Classifier) -> float:  # one pass: a soup's own views are chosen later
+        return evaluate_probs(model.predict_proba(part.images, tta="none"), part.labels).accuracy
 
     if greedy:
         kept, scores, soup, best = greedy_soup(models, accuracy, prepare)
