@@ -138,6 +138,7 @@ def test_models_health_ready_page_and_docs(client, tiny_model):
     assert info["name"] == "vggnet_s" and info["classes"] == list(EMOTIONS)
     assert info["input_size"] == [48, 48] and info["preprocess"]["normalize"] == "minmax"
     assert {"haar", "none"} <= set(info["detectors"]) and info["runtime"] == "torch"
+    assert info["tta"] == "none"  # the views each result averages: this model's own
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "model": "vggnet_s"}
     page = client.get("/")
@@ -293,6 +294,26 @@ def test_model_by_path_run_by_onnx_runtime(tiny_model, photos, tmp_path):
     member = load_onnx(export_onnx(tiny_model, tmp_path / "m.onnx"))
     with TestClient(create_app(Ensemble([member, member]))) as c:
         assert c.get("/v1/models").json()["runtime"] == "onnx"
+
+
+def test_a_models_own_views_are_what_it_serves(tiny_model, photos, tmp_path):
+    import copy
+
+    from ferlab.export import export_safetensors
+    from ferlab.faces import crop_face
+
+    shifted = copy.copy(tiny_model)
+    shifted.tta = "shift"
+    _, meta = export_safetensors(shifted, tmp_path / "tiny", fp16=False)
+    with TestClient(create_app(str(meta))) as c:
+        wait_ready(c)
+        assert c.get("/v1/models").json()["tta"] == "shift"
+        face = post(c, "face.png", photos["face.png"], no_detect=1).json()["faces"][0]
+    crop = crop_face(np.asarray(Image.open(io.BytesIO(photos["face.png"]))), (0, 0, 95, 95), 0.0)
+    want, single = tiny_model.predict_proba(crop, tta="shift"), tiny_model.predict_proba(crop)
+    got = np.array([face["emotions"][e] for e in EMOTIONS])
+    # an untrained model: the views move its near-uniform answer by about 1e-4
+    assert np.abs(got - want[0]).max() < 1e-6 < 1e-4 < np.abs(got - single[0]).max()
 
 
 def test_models_endpoint_says_the_shipped_fast_model_is_int8():

@@ -51,7 +51,8 @@ async function loadModelInfo() {
   try {
     const info = await api("v1/models");
     classes = info.classes;
-    $("model-name").textContent = `model ${info.name} (${info.runtime})`;
+    const views = info.tta && info.tta !== "none" ? `, ${info.tta} TTA` : "";
+    $("model-name").textContent = `model ${info.name} (${info.runtime}${views})`;
     els.detector.replaceChildren(...info.detectors.filter((d) => d !== "none").map((d) => {
       const opt = new Option(d, d);
       opt.selected = d === info.default_detector;
