@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,23 @@ from .outputs import check_formats
 from .transforms import check_tta, fit_input, mean_log_probs, to_input, tta_views
 
 log = logging.getLogger(__name__)
+
+
+def input_views(
+    images: torch.Tensor,
+    spec: dict,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    tta: str = "none",
+    channels_last: bool = False,
+) -> Iterator[list[torch.Tensor]]:
+    """Uint8 faces ``(N, 48, 48)`` in batches as the network's inputs: scaled as ``spec``
+    says, laid out, and as the views of :func:`~ferlab.transforms.tta_views` (one for none)."""
+    for i in range(0, len(images), batch_size):
+        x = to_input(images[i : i + batch_size].to(device), spec)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield [fit_input(v, spec) for v in tta_views(x, tta)]
 
 
 @torch.no_grad()
@@ -41,11 +58,7 @@ def predict_logits(
     was_training = model.training
     model.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = to_input(images[i : i + batch_size].to(device), spec)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        views = [fit_input(v, spec) for v in tta_views(x, tta)]
+    for views in input_views(images, spec, device, batch_size, tta, channels_last):
         if len(views) == 1:
             out.append(model(views[0]).float().cpu())
             continue

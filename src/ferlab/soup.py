@@ -17,7 +17,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from .classifier import Classifier
-from .transforms import fit_input, to_input
+from .evaluate import input_views
 
 
 def _same(models: Sequence[Classifier], names: Sequence[str]) -> None:
@@ -66,10 +66,9 @@ def average(models: Sequence[Classifier], names: Sequence[str] | None = None) ->
 
 
 def _batches(model: Classifier, faces: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-    for i in range(0, len(faces), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(faces[i : i + batch_size])).to(model.device)
-        x = to_input(x, model.preprocess).contiguous(memory_format=torch.channels_last)
-        yield fit_input(x, model.preprocess)
+    images = torch.from_numpy(np.ascontiguousarray(faces))
+    for (x,) in input_views(images, model.preprocess, model.device, batch_size, channels_last=True):
+        yield x
 
 
 def recalibrate_bn(model: Classifier, faces: np.ndarray, batch_size: int = 256) -> Classifier:
