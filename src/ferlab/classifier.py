@@ -75,7 +75,7 @@ class Classifier:
         ``tta``: "none", "flip" or "shift"; None is the model's own (:attr:`tta`).
         """
         faces, batch_size = check_faces(faces), check_batch(batch_size)
-        tta = self.tta if tta is None else check_tta(tta)
+        tta = check_tta(tta, self.tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         # convert chunk by chunk so N = 100,000 never builds one huge float tensor
         chunk = 8192

@@ -89,7 +89,7 @@ class Ensemble:
     def member_probs(self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None):
         """Each member's uncalibrated probabilities, ``(members, N, 7)``."""
         faces = check_faces(faces)
-        t = self.tta if tta is None else tta
+        t = check_tta(tta, self.tta)
         return np.stack([m.predict_proba(faces, batch_size, tta=t) for m in self.members])
 
     def combine(self, member_probs: np.ndarray) -> np.ndarray:

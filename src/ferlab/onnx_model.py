@@ -65,7 +65,7 @@ class OnnxClassifier:
         ``Classifier.predict_proba(..., tta=tta)``.
         """
         faces, batch_size = check_faces(faces), check_batch(batch_size)
-        tta = self.tta if tta is None else check_tta(tta)
+        tta = check_tta(tta, self.tta)
         out = np.empty((len(faces), len(self.classes)), dtype=np.float32)
         for i in range(0, len(faces), batch_size):
             x = faces[i : i + batch_size, None].astype(np.float32)

@@ -107,10 +107,10 @@ TTA_MODES = ("none", "flip", "shift")
 SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))  # pixels (dx, dy)
 
 
-def check_tta(tta: str | None) -> str:
-    """A valid TTA mode; None (where callers mean "the model's own") is "none"."""
+def check_tta(tta: str | None, own: str = "none") -> str:
+    """A valid TTA mode; None means ``own``, a model's own views ("none" unless given)."""
     if tta is None:
-        return "none"
+        return own
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta {tta!r}; expected one of {', '.join(TTA_MODES)}")
     return tta
