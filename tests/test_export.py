@@ -192,9 +192,13 @@ def test_a_bad_recorded_tta_names_the_file_and_a_bad_option_exits(tmp_path):
     one_line_error(lambda: load_model(meta), meta, "tta: unknown tta 'sideways'")
     with pytest.raises(ValueError, match="extra must not set tta"):
         export_safetensors(small_classifier(), tmp_path / "x", extra={"tta": "shift"})
-    r = CliRunner().invoke(app, ["export", "--tta", "diagonal", "--out", str(tmp_path / "y.onnx")])
-    assert r.exit_code != 0 and "unknown tta 'diagonal'" in str(r.exception)
-    assert not (tmp_path / "y.onnx").exists()
+    bad = "--tta diagonal: expected one of none, flip, shift"  # the option, before any loading
+    for args in (["export", "--out", str(tmp_path / "y.onnx")], ["evaluate", "nowhere.json"],
+                 ["ensemble", "nowhere.json", "--out", str(tmp_path / "e")],
+                 ["predict", str(tmp_path / "no.jpg")]):  # fmt: skip
+        r = CliRunner().invoke(app, [*args, "--tta", "diagonal"])
+        assert r.exit_code != 0 and str(r.exception) == bad, args
+    assert not (tmp_path / "y.onnx").exists() and not (tmp_path / "e").exists()
 
 
 @pytest.mark.slow

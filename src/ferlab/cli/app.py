@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..data import DataError
+from ..transforms import TTA_MODES
 
 # help strings write "\\[default: x]": Rich would take a bare "[default: x]" for markup
 app = typer.Typer(
@@ -21,6 +22,15 @@ app = typer.Typer(
     help="Facial expression recognition: train, evaluate, experiment, predict, serve.",
 )
 TTA_HELP = "none, flip or shift (10 views); default: the model's own (shipped default: shift)"
+
+
+def check_tta_flag(value: str | None) -> str | None:
+    """``--tta``, checked as it is parsed: before any model loads, and named in the error."""
+    if value is not None and value not in TTA_MODES:
+        raise ValueError(f"--tta {value}: expected one of {', '.join(TTA_MODES)}")
+    return value
+
+
 # soft_wrap: a message or a path is one line however long (scripts grep them; a wrapped
 # "wrote <path>" cannot be pasted); tables still lay themselves out to the width. No markup:
 # messages carry paths and pip extras ('ferlab[dlib]') whose brackets must print as they are

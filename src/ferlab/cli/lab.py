@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import DEFAULT_DATA, TrainConfig, parse_override
 from ..data import EMOTIONS, USAGES
-from .app import TTA_HELP, app, check_out, console, err, parse_formats, print_error
+from .app import TTA_HELP, app, check_out, check_tta_flag, console, err, parse_formats, print_error
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -148,7 +148,7 @@ def evaluate(
         str | None,
         typer.Option(help="official or stratified \\[default: as trained, on its data]"),
     ] = None,
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP, callback=check_tta_flag)] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write metrics.{json,csv,md} and confusion.png here")
     ] = None,
@@ -187,7 +187,9 @@ def ensemble(
     out: Annotated[Path, typer.Option(help="Manifest stem: writes OUT.json and OUT/")],
     data: Annotated[str, typer.Option(help="Dataset path")] = DEFAULT_DATA,
     split: Annotated[str, typer.Option(help="Held-out split to calibrate on")] = "PublicTest",
-    tta: Annotated[str, typer.Option(help="none, flip or shift, for every member")] = "none",
+    tta: Annotated[
+        str, typer.Option(help="none, flip or shift, for every member", callback=check_tta_flag)
+    ] = "none",
 ) -> None:
     """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
     from ..classifier import load_model
@@ -268,7 +270,8 @@ def export(
         str | None,
         typer.Option(
             help="The views the export averages unless told otherwise: none, flip or shift "
-            "\\[default: the model's own]"
+            "\\[default: the model's own]",
+            callback=check_tta_flag,
         ),
     ] = None,
 ) -> None:
@@ -288,10 +291,7 @@ def export(
         raise ValueError("--data is the --int8 calibration set; add --int8 or drop --data")
     check_out(out, folder=False)
     from ..onnx_model import OnnxClassifier
-    from ..transforms import check_tta
 
-    if tta is not None:
-        check_tta(tta)
     clf = load_model(model)
     if not (int8 and isinstance(clf, OnnxClassifier)):  # --int8 takes a float .onnx as it is
         clf = check_exportable(clf, model or "default")

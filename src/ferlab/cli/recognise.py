@@ -12,7 +12,7 @@ from rich.box import SIMPLE
 from rich.table import Table
 
 from ..data import EMOTIONS, atomic_write_bytes
-from .app import TTA_HELP, app, check_out, console, err, parse_formats, print_error
+from .app import TTA_HELP, app, check_out, check_tta_flag, console, err, parse_formats, print_error
 
 
 @app.command()
@@ -39,7 +39,7 @@ def predict(
     ] = None,
     every: Annotated[int, typer.Option(help="Keep every k-th video frame")] = 1,
     smooth: Annotated[float, typer.Option(help="Video smoothing of probabilities, 0..1")] = 0.0,
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP, callback=check_tta_flag)] = None,
     batch_size: Annotated[int, typer.Option(help="Faces per model call")] = 64,
 ) -> None:
     """Faces and emotion probabilities in photos, folders and videos."""
