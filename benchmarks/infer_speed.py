@@ -51,7 +51,7 @@ class Contiguous:
 
     def predict_proba(self, faces: np.ndarray, batch_size: int, tta: str) -> torch.Tensor:
         x = torch.from_numpy(faces)
-        return predict_logits(self.model, x, self.clf.preprocess, "cpu", batch_size).softmax(1)
+        return predict_logits(self.model, x, self.clf.preprocess, "cpu", batch_size, tta).softmax(1)
 
 
 def main() -> None:
