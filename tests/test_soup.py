@@ -1,4 +1,5 @@
 import copy
+import hashlib
 import json
 
 import numpy as np
@@ -125,6 +126,9 @@ def test_average_command_writes_a_soup_that_loads(real_csv, tmp_path, monkeypatc
     info = json.loads(out.with_suffix(".json").read_text())
     soup = info["soup"]
     assert [i["model"] for i in soup["ingredients"]] == list(map(str, fine_tunes))
+    # each input's weights named by content, so the record outlives its path
+    digests = [hashlib.sha256((f / "best.pt").read_bytes()).hexdigest() for f in fine_tunes]
+    assert [i["sha256"] for i in soup["ingredients"]] == digests
     assert soup["bn_recalibrated"] and not soup["greedy"]
     assert info["metrics"] == {"PublicTest": {"accuracy": soup["accuracy"]}}
     assert info["config"]["name"] == "soup" and info["config"]["seed"] == 1  # the first input
@@ -140,6 +144,14 @@ def test_average_command_writes_a_soup_that_loads(real_csv, tmp_path, monkeypatc
     assert greedy.exit_code == 0, greedy.output
     report = json.loads((tmp_path / "soup2.json").read_text())["soup"]
     assert report["greedy"] and not report["bn_recalibrated"]
+
+    # an export is named by its .safetensors: the hash that its .json records
+    again = tmp_path / "again"
+    args_again = ["average", str(out.with_suffix(".json")), "--no-bn", "--out", str(again)]
+    r = CliRunner().invoke(app, [*args_again, "--data", str(real_csv)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(again.with_suffix(".json").read_text())["soup"]["ingredients"][0]
+    assert row["sha256"] == info["sha256"]
 
     # a soup of one model is that model with its statistics re-estimated on the training faces
     one_args = ["average", str(fine_tunes[0]), "--data", str(real_csv), "--out"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,16 @@ def model_file(path: str | Path | None = None) -> Path:
     if path.suffix == ".safetensors":  # an export is described, and read, by its .json
         return path.with_suffix(".json")
     return path
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 of the file holding ``path``'s weights (a run directory's ``best.pt``, an
+    export's ``.safetensors``, which its ``.json`` records as ``sha256``): provenance that
+    still names the weights after the path is overwritten."""
+    f = model_file(path)
+    if f.suffix == ".json":
+        f = f.with_suffix(".safetensors")
+    return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", runtime: str = "torch"):

@@ -225,13 +225,16 @@ def average(
     ] = False,
 ) -> None:
     """Average the weights of fine-tunes of one model (a model soup) into one network."""
-    from ..classifier import load_model
+    from ..classifier import load_model, weights_sha256
     from ..export import check_exportable, export_safetensors
     from ..soup import make_soup
 
     check_out(out, folder=False)
     loaded = [check_exportable(load_model(m), m) for m in models]
+    digests = [weights_sha256(m) for m in models]  # the paths may be overwritten later
     soup, report = make_soup(loaded, models, data, split, bn, greedy)
+    for row, digest in zip(report["ingredients"], digests, strict=True):
+        row["sha256"] = digest
     # the config is the first input's; the soup is a model of its own, named as written
     soup.meta["config"] = {**soup.meta.get("config", {}), "name": out.name}
     for row in report["ingredients"]:
