@@ -7,7 +7,15 @@ import pytest
 
 from ferlab import load_model
 from ferlab.classifier import shipped_models
-from ferlab.ensemble import Ensemble, calibrate, fit_temperature, load_ensemble, save_ensemble
+from ferlab.ensemble import (
+    Ensemble,
+    calibrate,
+    crossfit_accuracy,
+    fit_temperature,
+    fit_weights,
+    load_ensemble,
+    save_ensemble,
+)
 from test_export import faces, make_classifier, small_classifier  # noqa: F401  (fixture, helpers)
 
 
@@ -21,6 +29,42 @@ def test_fit_temperature_recovers_the_true_one():
     assert fit_temperature(over_confident, labels) == pytest.approx(true_t, rel=0.05)
     # calibrating the over-confident probabilities with T gives back the true ones
     np.testing.assert_allclose(calibrate(over_confident, true_t), p_true, atol=1e-5)
+
+
+def noisy_members(n=4000, seed=0):
+    """Labels, and two members' probabilities: one that knows them, one that guesses."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, n)
+    logits = rng.normal(0, 1, (n, 7))
+    logits[np.arange(n), labels] += 2.0
+    good = calibrate(np.exp(logits), 1.0)
+    guess = calibrate(np.exp(rng.normal(0, 3, (n, 7))), 1.0)
+    return labels, np.stack([good, guess])
+
+
+def test_fitted_weights_favour_the_member_that_knows():
+    labels, probs = noisy_members()
+    weights = fit_weights(probs, labels)
+    assert weights[0] > 0.9 and sum(weights) == pytest.approx(1)
+
+    def nll(w):
+        return -np.log(np.tensordot(w, probs, 1)[np.arange(len(labels)), labels]).mean()
+
+    assert nll(weights) <= nll([1.0, 0.0]) + 1e-6 and nll(weights) < nll([0.5, 0.5]) - 0.05
+    # one member: neither temperature nor weight changes its ranking, so cross-fitting
+    # scores exactly its own accuracy
+    alone = (probs[0].argmax(1) == labels).mean()
+    assert crossfit_accuracy(probs[:1], labels, weighted=True) == pytest.approx(alone)
+
+
+def test_crossfitting_does_not_flatter_a_fitted_combination_of_guessers():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 100)
+    guessers = calibrate(np.exp(rng.normal(0, 3, (60 * 100, 7))), 1.0).reshape(60, 100, 7)
+    weights = fit_weights(guessers, labels)  # scored on the labels it was fitted to...
+    flattered = (np.tensordot(weights, guessers, 1).argmax(1) == labels).mean()
+    honest = crossfit_accuracy(guessers, labels, weighted=True)  # ...and on unseen ones
+    assert flattered > honest + 0.08 and abs(honest - 1 / 7) < 0.05
 
 
 def test_ensemble_averages_calibrated_members_and_round_trips(faces, tmp_path):  # noqa: F811
@@ -52,6 +96,18 @@ def test_ensemble_averages_calibrated_members_and_round_trips(faces, tmp_path): 
         del m["sha256"]  # older manifests carry no hashes: still loaded
     manifest.write_text(json.dumps(info))
     load_model(manifest)
+
+
+def test_weighted_members_round_trip(faces, tmp_path):  # noqa: F811
+    a, b = make_classifier(faces, seed=0), make_classifier(faces, seed=1)
+    ens = Ensemble([a, b], [0.5, 2.0], weights=[3, 1])  # normalised to 0.75, 0.25
+    pa, pb = calibrate(a.predict_proba(faces), 0.5), calibrate(b.predict_proba(faces), 2.0)
+    np.testing.assert_allclose(ens.predict_proba(faces), 0.75 * pa + 0.25 * pb, atol=1e-6)
+    loaded = load_model(save_ensemble(ens, tmp_path / "ens"))
+    assert loaded.weights == [0.75, 0.25]
+    np.testing.assert_allclose(loaded.predict_proba(faces), ens.predict_proba(faces), atol=5e-3)
+    with pytest.raises(ValueError, match="2 members but 1 weights"):
+        Ensemble([a, b], weights=[1])
 
 
 def test_fitting_lowers_held_out_nll(faces):  # noqa: F811
@@ -173,6 +229,9 @@ def test_manifest_temperatures_and_tta_are_checked_on_load(faces, tmp_path):  # 
         ({"members": [dict(good["members"][0], temperature=0)]}, "must be finite and > 0"),
         ({"members": [dict(good["members"][0], temperature=-1)]}, "must be finite and > 0"),
         ({"members": [dict(good["members"][0], temperature="warm")]}, "numeric 'temperature'"),
+        ({"members": [dict(good["members"][0], weight="heavy")]}, r"\(and 'weight', if any\)"),
+        ({"members": [dict(m, weight=-1) for m in good["members"]]}, "weights must be finite"),
+        ({"members": [dict(m, weight=0) for m in good["members"]]}, "not all 0"),
     ]:
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(ValueError, match=message) as e:
@@ -208,6 +267,15 @@ def test_cli_builds_an_ensemble_on_publictest_only(real_csv, tmp_path, monkeypat
     assert "ensemble of 2: PublicTest accuracy" in r.output
     info = json.loads((tmp_path / "ens.json").read_text())
     assert info["calibrated_on"] == "PublicTest" and len(info["members"]) == 2
+    assert [m["weight"] for m in info["members"]] == [0.5, 0.5]
+    r = CliRunner().invoke(app, [*args, "--weights", "fit", "--out", str(tmp_path / "fit")])
+    assert r.exit_code == 0, r.output
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["weighting"] == "fit" and "with each half fitted on the other" in r.output
+    assert sum(m["weight"] for m in fit["members"]) == pytest.approx(1)
+    assert 0 < fit["metrics"]["PublicTest"]["crossfit_accuracy"] <= 1
+    r = CliRunner().invoke(app, [*args, "--weights", "best"])
+    assert r.exit_code != 0 and "--weights best: expected equal or fit" in str(r.exception)
     probs = load_model(tmp_path / "ens.json").predict_proba(np.zeros((2, 48, 48), np.uint8))
     assert probs.shape == (2, 7)
     # temperatures fitted on the test split, or on the members' own training faces (which

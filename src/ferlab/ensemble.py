@@ -1,12 +1,14 @@
-"""Ensembles: the mean of several members' temperature-calibrated probabilities.
+"""Ensembles: the weighted mean of several members' temperature-calibrated probabilities.
 
 Each member gets one temperature T, fitted on held-out faces (PublicTest) by minimising the
 negative log-likelihood of softmax(log p / T) (Guo et al., "On Calibration of Modern Neural
-Networks", 2017), so an over-confident member does not outvote better-calibrated ones.
+Networks", 2017), so an over-confident member does not outvote better-calibrated ones. The
+weights are equal, or fitted on the same faces by minimising the NLL of the mixture; a fitted
+combination is scored honestly by cross-fitting (``crossfit_accuracy``).
 
-Saved as a manifest ``<stem>.json`` ({"kind": "ensemble", "members": [{"file", "temperature"}],
-"tta", ...}) and the members' safetensors exports in the folder ``<stem>/``; ``load_model``
-reads the manifest.
+Saved as a manifest ``<stem>.json`` ({"kind": "ensemble", "members": [{"file", "temperature",
+"weight"}], "tta", ...}) and the members' safetensors exports in the folder ``<stem>/``;
+``load_model`` reads the manifest.
 """
 
 from __future__ import annotations
@@ -47,6 +49,61 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(log_t.detach().exp())
 
 
+def fit_weights(calibrated: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Mixture weights (>= 0, summing to 1) minimising the NLL of ``labels`` under
+    sum_i w_i p_i, for calibrated member probabilities ``(members, N, 7)``."""
+    rows = np.arange(len(labels))
+    p_true = torch.from_numpy(np.clip(calibrated[:, rows, labels], 1e-12, 1.0)).double()
+    z = torch.zeros(len(calibrated), dtype=torch.float64, requires_grad=True)  # w = softmax(z)
+    opt = torch.optim.LBFGS([z], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        loss = -(z.softmax(0) @ p_true).log().mean()  # convex in w: one optimum
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return z.detach().softmax(0).tolist()
+
+
+def fit_combination(
+    probs: np.ndarray, labels: np.ndarray, weighted: bool = False
+) -> tuple[list[float], list[float]]:
+    """Each member's temperature, then the weights (equal unless ``weighted``)."""
+    temperatures = [fit_temperature(p, labels) for p in probs]
+    if not weighted:
+        return temperatures, [1 / len(probs)] * len(probs)
+    calibrated = np.stack([calibrate(p, t) for p, t in zip(probs, temperatures, strict=True)])
+    return temperatures, fit_weights(calibrated, labels)
+
+
+def crossfit_accuracy(
+    probs: np.ndarray, labels: np.ndarray, weighted: bool = False, seed: int = 0
+) -> float:
+    """Accuracy of the combination on ``labels`` when each half of them (stratified by class)
+    is scored with temperatures and weights fitted on the other half: the fitted parameters
+    never see the faces they are scored on, unlike the accuracy on the faces they were fitted
+    to, which flatters a combination with more parameters."""
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        half[idx[::2]] = True
+    correct = 0
+    for fit_on in (half, ~half):
+        temperatures, weights = fit_combination(probs[:, fit_on], labels[fit_on], weighted)
+        ens = combine(probs[:, ~fit_on], temperatures, weights)
+        correct += int((ens.argmax(1) == labels[~fit_on]).sum())
+    return correct / len(labels)
+
+
+def combine(probs: np.ndarray, temperatures: list[float], weights: list[float]) -> np.ndarray:
+    """float32 ``(N, 7)``: the weighted mean of ``(members, N, 7)`` calibrated probabilities."""
+    calibrated = [calibrate(p, t) for p, t in zip(probs, temperatures, strict=True)]
+    return np.tensordot(np.asarray(weights), np.stack(calibrated), 1).astype(np.float32)
+
+
 def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log(probs) / temperature), float32."""
     logp = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0), dtype=np.float32))
@@ -62,6 +119,7 @@ class Ensemble:
         temperatures: list[float] | None = None,
         tta: str = "none",
         meta: dict | None = None,
+        weights: list[float] | None = None,
     ):
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -76,6 +134,7 @@ class Ensemble:
         bad = [t for t in self.temperatures if not (np.isfinite(t) and t > 0)]
         if bad:  # T = 0 gives NaN, T < 0 turns the ranking upside down
             raise ValueError(f"temperatures must be finite and > 0, got {bad}")
+        self.weights = normalize_weights(weights or [1.0] * len(self.members), len(self.members))
         self.tta = check_tta(tta)
         self.classes = classes.pop()
         self.name = KIND
@@ -93,30 +152,46 @@ class Ensemble:
         return np.stack([m.predict_proba(faces, batch_size, tta=t) for m in self.members])
 
     def combine(self, member_probs: np.ndarray) -> np.ndarray:
-        calibrated = [calibrate(p, t) for p, t in zip(member_probs, self.temperatures, strict=True)]
-        return np.mean(calibrated, axis=0).astype(np.float32)
+        return combine(member_probs, self.temperatures, self.weights)
 
     def predict_proba(
         self, faces: np.ndarray, batch_size: int = 256, tta: str | None = None
     ) -> np.ndarray:
-        """float32 ``(N, 7)``: the mean of the members' calibrated probabilities."""
+        """float32 ``(N, 7)``: the weighted mean of the members' calibrated probabilities."""
         return self.combine(self.member_probs(faces, batch_size, tta))
 
     def predict(self, faces: np.ndarray, **kw) -> np.ndarray:
         return self.predict_proba(faces, **kw).argmax(1)
 
-    def fit(self, faces: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Fit every member's temperature on held-out ``faces``; returns their probabilities."""
+    def fit(
+        self, faces: np.ndarray, labels: np.ndarray, batch_size: int = 256, weighted: bool = False
+    ) -> np.ndarray:
+        """Fit every member's temperature (and, if ``weighted``, the weights) on held-out
+        ``faces``; returns the members' probabilities."""
         probs = self.member_probs(faces, batch_size)
-        self.temperatures = [fit_temperature(p, labels) for p in probs]
+        self.temperatures, self.weights = fit_combination(probs, labels, weighted)
         return probs
 
 
+def normalize_weights(weights: list[float], n: int) -> list[float]:
+    w = [float(x) for x in weights]
+    if len(w) != n:
+        raise ValueError(f"{n} members but {len(w)} weights")
+    if not all(np.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w}")
+    return [x / sum(w) for x in w]
+
+
 def build_ensemble(
-    members: list[Any], data: str, split: str = "PublicTest", tta: str = "none"
+    members: list[Any],
+    data: str,
+    split: str = "PublicTest",
+    tta: str = "none",
+    weighted: bool = False,
 ) -> tuple[Ensemble, dict[str, Any]]:
-    """An ensemble calibrated on the held-out validation split, and the split's
-    accuracy of each member and of the ensemble. The split is the one the members were trained
+    """An ensemble calibrated (and, if ``weighted``, weighted) on the held-out validation
+    split, and the split's accuracy of each member and of the ensemble, fitted on all of it and
+    cross-fitted (``crossfit_accuracy``). The split is the one the members were trained
     with (a stratified split of their data, say), recorded in the ensemble's ``config`` so
     that evaluating it later scores the same held-out faces."""
     from .evaluate import evaluate_probs, held_out
@@ -127,10 +202,11 @@ def build_ensemble(
     config = {"data": str(Path(data).resolve()), "split": mode, "seed": seed}
     config["ignore_unknown"] = ignore
     ens = Ensemble(members, tta=tta, meta={"config": config})
-    probs = ens.fit(part.images, part.labels)
+    probs = ens.fit(part.images, part.labels, weighted=weighted)
     accuracy = {
         "members": [evaluate_probs(p, part.labels).accuracy for p in probs],
         "ensemble": round(evaluate_probs(ens.combine(probs), part.labels).accuracy, 4),
+        "crossfit": round(crossfit_accuracy(probs, part.labels, weighted), 4),
     }
     return ens, accuracy
 
@@ -161,14 +237,14 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, extra: dict | None = Non
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; outputs are meant to be shared
         entries = []
-        for i, (m, t) in enumerate(zip(members, ensemble.temperatures, strict=True)):
+        fitted = zip(members, ensemble.temperatures, ensemble.weights, strict=True)
+        for i, (m, t, w) in enumerate(fitted):
             _, meta = export_safetensors(m, tmp / f"member{i}")
             # the member's JSON holds its weights' hash: a manifest left over members that a
             # later, killed save replaced is refused on load instead of mixing temperatures
             digest = hashlib.sha256(meta.read_bytes()).hexdigest()
-            entries.append(
-                {"file": f"{folder.name}/{meta.name}", "temperature": t, "sha256": digest}
-            )
+            entry = {"file": f"{folder.name}/{meta.name}", "temperature": t, "weight": w}
+            entries.append(entry | {"sha256": digest})
         manifest = {"kind": KIND, "members": entries, "tta": ensemble.tta}
         manifest |= {**ensemble.meta, **(extra or {})}  # what it was calibrated on, and notes
         if "config" in manifest:
@@ -233,8 +309,9 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     try:
         files = [path.parent / m["file"] for m in members]
         temps = [float(m["temperature"]) for m in members]
+        weights = [float(m.get("weight", 1.0)) for m in members]  # older manifests: equal
     except (KeyError, TypeError, ValueError) as e:
-        need = "each member needs 'file' and a numeric 'temperature'"
+        need = "each member needs 'file' and a numeric 'temperature' (and 'weight', if any)"
         raise ValueError(f"{path}: {need} ({type(e).__name__}: {e})") from None
     for f, m in zip(files, members, strict=True):
         if Path(m["file"]).is_absolute() or ".." in Path(m["file"]).parts:
@@ -249,6 +326,6 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     if "config" in meta:
         meta["config"] = _data_path(meta["config"], path.parent.resolve(), relative=False)
     try:
-        return Ensemble(models, temps, info.get("tta", "none"), meta)
+        return Ensemble(models, temps, info.get("tta", "none"), meta, weights)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

@@ -31,6 +31,12 @@ def check_tta_flag(value: str | None) -> str | None:
     return value
 
 
+def check_weights_flag(value: str) -> str:
+    if value not in ("equal", "fit"):
+        raise ValueError(f"--weights {value}: expected equal or fit")
+    return value
+
+
 # soft_wrap: a message or a path is one line however long (scripts grep them; a wrapped
 # "wrote <path>" cannot be pasted); tables still lay themselves out to the width. No markup:
 # messages carry paths and pip extras ('ferlab[dlib]') whose brackets must print as they are

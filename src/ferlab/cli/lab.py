@@ -12,7 +12,17 @@ from rich.table import Table
 
 from ..config import DEFAULT_DATA, TrainConfig, parse_override
 from ..data import EMOTIONS, USAGES
-from .app import TTA_HELP, app, check_out, check_tta_flag, console, err, parse_formats, print_error
+from .app import (
+    TTA_HELP,
+    app,
+    check_out,
+    check_tta_flag,
+    check_weights_flag,
+    console,
+    err,
+    parse_formats,
+    print_error,
+)
 
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
@@ -190,6 +200,13 @@ def ensemble(
     tta: Annotated[
         str, typer.Option(help="none, flip or shift, for every member", callback=check_tta_flag)
     ] = "none",
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="equal, or fit: fitted on the split, and scored cross-fitted",
+            callback=check_weights_flag,
+        ),
+    ] = "equal",
 ) -> None:
     """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
     from ..classifier import load_model
@@ -199,11 +216,16 @@ def ensemble(
     # members are saved as safetensors: refuse an ONNX file before minutes of calibration
     check_out(out)  # OUT/ holds the members
     models = [check_exportable(load_model(m), m) for m in members]
-    ens, accuracy = build_ensemble(models, data, split, tta)
-    for m, t, acc in zip(members, ens.temperatures, accuracy["members"], strict=True):
-        console.print(f"{m}: {split} accuracy {acc:.2%}, temperature {t:.3f}")
-    console.print(f"ensemble of {len(members)}: {split} accuracy {accuracy['ensemble']:.2%}")
-    extra = {"calibrated_on": split, "metrics": {split: {"accuracy": accuracy["ensemble"]}}}
+    ens, accuracy = build_ensemble(models, data, split, tta, weighted=weights == "fit")
+    fitted = zip(members, ens.temperatures, ens.weights, accuracy["members"], strict=True)
+    for m, t, w, acc in fitted:
+        console.print(f"{m}: {split} accuracy {acc:.2%}, temperature {t:.3f}, weight {w:.3f}")
+    console.print(
+        f"ensemble of {len(members)}: {split} accuracy {accuracy['ensemble']:.2%} "
+        f"({accuracy['crossfit']:.2%} with each half fitted on the other)"
+    )
+    scores = {"accuracy": accuracy["ensemble"], "crossfit_accuracy": accuracy["crossfit"]}
+    extra = {"calibrated_on": split, "weighting": weights, "metrics": {split: scores}}
     console.print(f"wrote {save_ensemble(ens, out, extra=extra)}")
 
 
