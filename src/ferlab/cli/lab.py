@@ -208,7 +208,8 @@ def ensemble(
         ),
     ] = "equal",
 ) -> None:
-    """Average members' calibrated probabilities: temperatures fitted on a held-out split."""
+    """Average members' calibrated probabilities: temperatures (and weights) fitted on a
+    held-out split."""
     from ..classifier import load_model
     from ..ensemble import build_ensemble, save_ensemble
     from ..export import check_exportable
