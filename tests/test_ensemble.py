@@ -224,6 +224,7 @@ def test_manifest_temperatures_and_tta_are_checked_on_load(faces, tmp_path):  # 
     members = [make_classifier(faces, seed=s) for s in (0, 1)]
     path = save_ensemble(Ensemble(members, [0.9, 1.1], tta="flip"), tmp_path / "e")
     good = json.loads(path.read_text())
+    unweighted = {k: v for k, v in good["members"][0].items() if k != "weight"}
     for change, message in [
         ({"tta": "crop"}, "unknown tta 'crop'"),
         ({"members": [dict(good["members"][0], temperature=0)]}, "must be finite and > 0"),
@@ -232,6 +233,8 @@ def test_manifest_temperatures_and_tta_are_checked_on_load(faces, tmp_path):  # 
         ({"members": [dict(good["members"][0], weight="heavy")]}, r"\(and 'weight', if any\)"),
         ({"members": [dict(m, weight=-1) for m in good["members"]]}, "weights must be finite"),
         ({"members": [dict(m, weight=0) for m in good["members"]]}, "not all 0"),
+        ({"members": [unweighted, good["members"][1]]}, "1 of 2 members have a 'weight'"),
+        ({"members": [good["members"][0], {**good["members"][1]} | {"weight": None}]}, "numeric"),
     ]:
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(ValueError, match=message) as e:

@@ -309,10 +309,12 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
     try:
         files = [path.parent / m["file"] for m in members]
         temps = [float(m["temperature"]) for m in members]
-        weights = [float(m.get("weight", 1.0)) for m in members]  # older manifests: equal
+        weights = [float(m["weight"]) for m in members if "weight" in m]
     except (KeyError, TypeError, ValueError) as e:
         need = "each member needs 'file' and a numeric 'temperature' (and 'weight', if any)"
         raise ValueError(f"{path}: {need} ({type(e).__name__}: {e})") from None
+    if weights and len(weights) != len(members):  # a default of 1 beside fractions means nothing
+        raise ValueError(f"{path}: {len(weights)} of {len(members)} members have a 'weight'")
     for f, m in zip(files, members, strict=True):
         if Path(m["file"]).is_absolute() or ".." in Path(m["file"]).parts:
             # save_ensemble writes members beside the manifest; a manifest from elsewhere
